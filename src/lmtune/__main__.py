@@ -1,0 +1,5 @@
+"""`python -m lmtune` runs the command-line interface."""
+
+from lmtune.cli import main
+
+main()

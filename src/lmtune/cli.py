@@ -1,0 +1,174 @@
+"""The `lmtune` command line: parse, load the config, call one stage, print the result, exit.
+
+Exit codes: 0 success; 2 anything the user can fix (one message on stderr, no traceback);
+1 an unexpected internal failure; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from lmtune import __version__
+from lmtune.errors import LmtuneError
+
+app = typer.Typer(
+    name="lmtune",
+    help="Pretrain a BERT-style masked language model on your own text, from one YAML config.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(help="Show or check config files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+log = logging.getLogger("lmtune")
+T = TypeVar("T")
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key: --set train.lr=3e-4 (the value is parsed as YAML). Repeatable."),
+]
+OutputDirOption = Annotated[Path | None, typer.Option("--output-dir", help="Run directory (overrides output_dir).")]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (overrides device).")]
+PrecisionOption = Annotated[str | None, typer.Option("--precision", help="auto | fp32 | bf16 | fp16 (overrides precision).")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an output dir that already holds a run.")]
+ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in the output dir.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Log more detail.")]
+
+
+def _guarded(action: Callable[[], T]) -> T:
+    """Run `action`, turning lmtune's errors into exit code 2 and anything unexpected into 1."""
+    from lmtune import ui
+
+    try:
+        return action()
+    except LmtuneError as exc:
+        ui.error(str(exc))
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        ui.error("interrupted")
+        raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception:  # an internal failure: show the traceback, it is a bug to report
+        traceback.print_exc()
+        ui.error("internal error (the traceback above is a bug in lmtune: please report it)")
+        raise typer.Exit(1) from None
+
+
+def _flag_values(output_dir: Path | None, device: str | None, precision: str | None) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if output_dir is not None:
+        values["output_dir"] = str(output_dir)
+    if device is not None:
+        values["device"] = device
+    if precision is not None:
+        values["precision"] = precision
+    return values
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lmtune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Pretrain a BERT-style masked language model on your own text, from one YAML config."""
+
+
+@app.command()
+def pretrain(
+    config: Annotated[Path, typer.Argument(help="The YAML config (see configs/pretrain/).")],
+    set_: SetOption = None,
+    output_dir: OutputDirOption = None,
+    device: DeviceOption = None,
+    precision: PrecisionOption = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Train a tokenizer and a masked language model from scratch on your text.
+
+    Writes OUTPUT_DIR/final/, an ordinary Hugging Face checkpoint (model + tokenizer), plus
+    config.yaml, manifest.json, metrics.jsonl and resumable checkpoints/.
+    """
+    from lmtune import ui
+    from lmtune.config import load_config
+
+    ui.setup_logging(verbose)
+
+    def run() -> None:
+        from lmtune.stages.pretrain import pretrain as run_pretrain
+
+        cfg = load_config(config, set_ or [], stage="pretrain", values=_flag_values(output_dir, device, precision))
+        result = run_pretrain(cfg, overwrite=overwrite, resume=resume, display=ui.TrainingDisplay())
+        ui.summary_table(
+            "pretraining done",
+            {
+                "run dir": str(result.run_dir),
+                "model": str(result.run_dir / "final"),
+                "steps": result.steps,
+                "minutes": result.seconds / 60,
+                **{k.removeprefix("eval_"): v for k, v in result.metrics.items()},
+            },
+        )
+
+    if resume and overwrite:
+        ui.error("--resume and --overwrite contradict each other: choose one")
+        raise typer.Exit(2)
+    _guarded(run)
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[Path, typer.Argument(help="The YAML config.")],
+    set_: SetOption = None,
+) -> None:
+    """Print the fully resolved config (extends merged, overrides applied, paths made absolute)."""
+    from lmtune.config import load_config, to_yaml
+
+    _guarded(lambda: typer.echo(to_yaml(load_config(config, set_ or [])), nl=False))
+
+
+@config_app.command("validate")
+def config_validate(
+    configs: Annotated[list[Path], typer.Argument(help="One or more YAML configs.")],
+) -> None:
+    """Check configs against the schema and the rules of their stage; exit 0 when all are valid."""
+    from lmtune import ui
+    from lmtune.config import infer_stage, load_config
+
+    failed = 0
+    for path in configs:
+        try:
+            stage = infer_stage(load_config(path))
+            load_config(path, stage=stage)
+            ui.out_console.print(f"ok: {path} ({stage})", highlight=False)
+        except LmtuneError as exc:
+            failed += 1
+            ui.error(str(exc))
+    if failed:
+        raise typer.Exit(2)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="lmtune")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

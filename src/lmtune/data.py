@@ -1,0 +1,331 @@
+"""Read text files into `datasets.Dataset`s, tokenize them (batched, cached) and pack them for MLM.
+
+Pipeline: config entries (files, dirs, globs) -> checked file list -> `datasets.load_dataset` with the
+packaged builders (memory-mapped Arrow, cached by the library) -> one `text` column -> tokenized with
+`Dataset.map` (cached: a second run with the same files and tokenizer skips it) -> packed into full
+blocks of `max_length` tokens, `[CLS]` first and `[SEP]` between documents, no padding.
+
+Masking happens per batch in `mask_tokens`, seeded by the batch's position, so a run's masks are a
+pure function of (seed, step): nothing to save for resuming.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmtune.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# file suffix -> the datasets builder that reads it
+BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+_UTF8_CHUNK = 1 << 20
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding and checking files
+
+
+def _is_hub_name(entry: str) -> bool:
+    from lmtune.config import looks_local
+
+    return not looks_local(entry)
+
+
+def expand_sources(entries: list[str], key: str) -> tuple[list[Path], list[str]]:
+    """Turn config entries into a sorted, de-duplicated file list plus any hub dataset names.
+
+    Raises:
+        DataError: for a missing path, a glob or directory with no supported file, an unsupported
+            suffix or an empty file; the message names the config key and the entry.
+    """
+    files: list[Path] = []
+    hub: list[str] = []
+    suffixes = " ".join(BUILDERS)
+    for entry in entries:
+        if glob.has_magic(entry):
+            matches = sorted(Path(p) for p in glob.glob(entry, recursive=True))
+            found = [p for p in matches if p.is_file() and p.suffix.lower() in BUILDERS]
+            if not found:
+                raise DataError(f"{key}: the glob {entry!r} matches no {suffixes} file")
+            files.extend(found)
+        elif os.path.isdir(entry):
+            found = sorted(
+                p for p in Path(entry).rglob("*") if p.is_file() and p.suffix.lower() in BUILDERS and not p.name.startswith(".")
+            )
+            if not found:
+                raise DataError(f"{key}: the directory {entry} holds no {suffixes} file")
+            files.extend(found)
+        elif os.path.isfile(entry):
+            path = Path(entry)
+            if path.suffix.lower() not in BUILDERS:
+                raise DataError(f"{key}: {entry} has an unsupported type {path.suffix!r}: use one of {suffixes}")
+            files.append(path)
+        elif _is_hub_name(entry):
+            hub.append(entry)
+        else:
+            raise DataError(f"{key}: {entry} does not exist (relative paths resolve against the working directory)")
+    unique = list(dict.fromkeys(files))
+    for path in unique:
+        if path.stat().st_size == 0:
+            raise DataError(f"{key}: {path} is empty")
+    return unique, hub
+
+
+def check_text_file(path: Path) -> None:
+    """Fail early, naming the file and byte offset, on binary or non-UTF-8 content."""
+    offset = 0
+    decoder = __import__("codecs").getincrementaldecoder("utf-8")("strict")
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_UTF8_CHUNK):
+            if b"\x00" in chunk:
+                where = offset + chunk.index(b"\x00")
+                raise DataError(f"{path} looks binary (a NUL byte at offset {where}): give text files only")
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path} is not UTF-8 text (undecodable byte at offset {offset + exc.start}): "
+                    "convert it, e.g. `iconv -f latin1 -t utf-8`"
+                ) from None
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text (it ends inside a multi-byte character)") from None
+
+
+def fingerprint(files: list[Path]) -> str:
+    """A sha256 over the files' names and contents: which data a run saw, for the manifest."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_UTF8_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading with datasets
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_hub(name: str, key: str, cache_dir: str | None):
+    import datasets
+
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+        raise DataError(
+            f"{key}: {name!r} is not a local file, directory or glob, and the Hugging Face hub is not reachable "
+            "to load it as a dataset: check the path, or download the data and point the config at the files"
+        )
+    try:
+        return datasets.load_dataset(name, split="train", cache_dir=cache_dir)
+    except Exception as exc:  # the hub raises many types; all mean "cannot use this name"
+        raise DataError(f"{key}: loading the hub dataset {name!r} failed: {exc}") from None
+
+
+def load_texts(
+    entries: list[str],
+    key: str,
+    text_column: str = "text",
+    txt_unit: str = "paragraph",
+    cache_dir: str | None = None,
+):
+    """Load every entry into one `datasets.Dataset` with a single non-empty `text` column.
+
+    Args:
+        entries: files, directories, globs (or hub names, when online).
+        key: the config key the entries came from, for messages (e.g. "data.train").
+        text_column: the column to read from .jsonl/.json/.csv/.tsv/.parquet files.
+        txt_unit: how .txt files split into documents: "document", "paragraph" or "line".
+        cache_dir: the datasets cache (None: the library default).
+
+    Returns:
+        (dataset, files): the dataset and the local files it came from.
+    """
+    import datasets
+
+    files, hub = expand_sources(entries, key)
+    parts = []
+    by_builder: dict[tuple[str, str], list[Path]] = {}
+    for path in files:
+        suffix = path.suffix.lower()
+        if suffix == ".txt":
+            check_text_file(path)
+        by_builder.setdefault((BUILDERS[suffix], suffix), []).append(path)
+    for (builder, suffix), paths in by_builder.items():
+        kwargs = {"sample_by": txt_unit} if builder == "text" else {}
+        if suffix == ".tsv":
+            kwargs["delimiter"] = "\t"
+        try:
+            ds = datasets.load_dataset(
+                builder, data_files=[str(p) for p in paths], split="train", cache_dir=cache_dir, **kwargs
+            )
+        except Exception as exc:  # pyarrow/json parse errors: name the files
+            names = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+            cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{key}: could not read {names}: {cause}") from None
+        parts.append(_text_column(ds, "text" if builder == "text" else text_column, key, paths))
+    for name in hub:
+        parts.append(_text_column(_load_hub(name, key, cache_dir), text_column, key, [Path(name)]))
+    dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    dataset = dataset.filter(lambda b: [bool(t and t.strip()) for t in b["text"]], batched=True, desc="Dropping empty texts")
+    if len(dataset) == 0:
+        raise DataError(f"{key}: the files hold no text ({', '.join(map(str, files[:3]))})")
+    return dataset, files
+
+
+def _text_column(ds, column: str, key: str, paths: list[Path]):
+    if column not in ds.column_names:
+        raise DataError(
+            f"{key}: {paths[0]} has no column {column!r}; its columns are {', '.join(ds.column_names)}: "
+            "set data.text_column"
+        )
+    ds = ds.select_columns([column])
+    if column != "text":
+        ds = ds.rename_column(column, "text")
+    feature = ds.features["text"]
+    if getattr(feature, "dtype", None) not in ("string", "large_string"):
+        ds = ds.map(lambda b: {"text": [None if t is None else str(t) for t in b["text"]]}, batched=True)
+    return ds
+
+
+def split_validation(dataset, fraction: float, seed: int, key: str = "data.train"):
+    """Hold out a seeded fraction of documents (at least one) for validation."""
+    if len(dataset) < 2:
+        raise DataError(
+            f"{key} holds a single document, so none can be held out for validation: "
+            "give data.validation files, or use data.txt_unit: paragraph or line"
+        )
+    n_val = max(1, round(len(dataset) * fraction))
+    parts = dataset.train_test_split(test_size=n_val, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizing and packing
+
+
+def pack_blocks(dataset, tokenizer, block_size: int, num_proc: int | None = None, desc: str = "train") -> np.ndarray:
+    """Tokenize every text and pack the token stream into blocks of `block_size` ids.
+
+    Each block is `[CLS]` followed by `block_size - 1` tokens of the stream, in which every document
+    ends with `[SEP]` (RoBERTa: `<s>` and `</s>`). The incomplete tail of each map batch is dropped.
+
+    Returns:
+        An int32 array of shape (n_blocks, block_size).
+    """
+    backend = tokenizer.backend_tokenizer
+    cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    body = block_size - 1
+
+    def tokenize(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+        return {"ids": [e.ids for e in backend.encode_batch(batch["text"], add_special_tokens=False)]}
+
+    def pack(batch: dict[str, list[list[int]]]) -> dict[str, list[list[int]]]:
+        stream = np.fromiter(
+            (t for ids in batch["ids"] for t in (*ids, sep_id)), dtype=np.int32
+        )
+        n = len(stream) // body
+        blocks = np.empty((n, block_size), dtype=np.int32)
+        blocks[:, 0] = cls_id
+        blocks[:, 1:] = stream[: n * body].reshape(n, body)
+        return {"input_ids": blocks.tolist()}
+
+    workers = num_proc if num_proc is not None else (os.cpu_count() or 1)
+    workers = workers if len(dataset) >= 2000 * workers else None  # processes only pay off on big data
+    tokenized = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, num_proc=workers, desc=f"Tokenizing {desc}")
+    packed = tokenized.map(pack, batched=True, batch_size=2000, remove_columns=["ids"], num_proc=workers, desc=f"Packing {desc}")
+    if len(packed) == 0:
+        return np.zeros((0, block_size), dtype=np.int32)
+    return np.asarray(packed.with_format("numpy")["input_ids"], dtype=np.int32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Masking
+
+
+@dataclass(frozen=True)
+class Masker:
+    """Dynamic masking for MLM: select `probability` of the non-special tokens, then replace
+    `mask_replace` of those by the mask token and `random_replace` by a random real token."""
+
+    mask_id: int
+    special_ids: tuple[int, ...]
+    real_vocab: int  # ids below this are real tokens (the model's table may be padded beyond it)
+    probability: float = 0.15
+    mask_replace: float = 0.8
+    random_replace: float = 0.1
+    continuation: torch.Tensor | None = None  # bool per id, for whole-word masking
+
+    def __call__(self, input_ids: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (masked input_ids, labels with -100 where nothing is predicted). Shapes (B, L)."""
+        ids = input_ids.clone()
+        special = torch.isin(ids, torch.tensor(self.special_ids, dtype=ids.dtype))
+        draw = torch.rand(ids.shape, generator=generator)
+        if self.continuation is None:
+            selected = (draw < self.probability) & ~special
+        else:
+            # choose word starts, then extend each choice over the word's continuation pieces
+            cont = self.continuation[ids.long()] & ~special  # (B, L): piece continues a word
+            positions = torch.arange(ids.shape[1]).expand_as(ids)
+            start = torch.cummax(torch.where(cont, 0, positions), dim=1).values  # (B, L): its word's start
+            start_draw = draw.gather(1, start)  # every piece of a word shares its first piece's draw
+            selected = (start_draw < self.probability) & ~special
+        if not selected.any():  # a batch must predict something: pick one token
+            candidates = (~special).nonzero()
+            pick = candidates[torch.randint(len(candidates), (1,), generator=generator)][0]
+            selected[pick[0], pick[1]] = True
+        labels = torch.where(selected, ids, torch.full_like(ids, -100))
+        action = torch.rand(ids.shape, generator=generator)
+        to_mask = selected & (action < self.mask_replace)
+        to_random = selected & (action >= self.mask_replace) & (action < self.mask_replace + self.random_replace)
+        ids[to_mask] = self.mask_id
+        random_ids = torch.randint(self.real_vocab, ids.shape, generator=generator, dtype=ids.dtype)
+        # never insert a special token as the "random" replacement
+        random_ids = torch.where(
+            torch.isin(random_ids, torch.tensor(self.special_ids, dtype=ids.dtype)), ids, random_ids
+        )
+        ids[to_random] = random_ids[to_random]
+        return ids, labels
+
+
+def batch_generator(seed: int, *position: int) -> torch.Generator:
+    """A generator seeded by the run seed and a position (epoch, batch): masks depend on nothing else."""
+    mixed = int.from_bytes(hashlib.sha256(repr((seed, *position)).encode()).digest()[:8], "little")
+    return torch.Generator().manual_seed(mixed)
+
+
+def block_batches(
+    blocks: torch.Tensor, batch_size: int, seed: int, epoch: int, masker: Masker, start: int = 0, shuffle: bool = True
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield masked batches of one epoch, in a seeded order, starting at batch `start`.
+
+    The last incomplete batch is dropped when shuffling (training); kept otherwise (evaluation).
+    """
+    n = len(blocks)
+    order = torch.randperm(n, generator=batch_generator(seed, epoch, -1)) if shuffle else torch.arange(n)
+    n_batches = n // batch_size if shuffle else -(-n // batch_size)
+    for index in range(start, n_batches):
+        rows = order[index * batch_size : (index + 1) * batch_size]
+        input_ids, labels = masker(blocks[rows].long(), batch_generator(seed, epoch, index))
+        yield {"input_ids": input_ids, "labels": labels}

@@ -1,0 +1,363 @@
+"""The one training loop, shared by pretraining and fine-tuning.
+
+It owns device placement, mixed precision (autocast, a gradient scaler for fp16), gradient
+accumulation, clipping, AdamW with warmup and decay, the run budget (epochs, steps or wall-clock
+minutes: first reached wins, and the LR schedule follows whichever is binding), periodic evaluation,
+metric logging, resumable checkpoints and the final save. It knows nothing about MLM or labels: a
+stage hands it a `Task` (model, batches, loss, evaluation, save).
+
+Data order and masks are pure functions of (seed, epoch, batch index), so a checkpoint needs only the
+step counter to find its place in the data: resuming replays no batch and skips none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from lmtune.config import TrainSection
+from lmtune.devices import Placement
+from lmtune.errors import DataError, LmtuneError, NumericalError
+from lmtune.runs import MetricsLog
+from lmtune.ui import TrainingDisplay
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class Task:
+    """What a stage hands the engine."""
+
+    model: torch.nn.Module
+    batches: Callable[[int, int], Iterator[Batch]]  # (epoch, first batch index) -> that epoch's micro-batches
+    batches_per_epoch: int  # micro-batches in one epoch
+    loss: Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    save: Callable[[torch.nn.Module, Path], None]  # writes a Hugging Face checkpoint dir
+    count: Callable[[Batch], int]  # units of work in a micro-batch (tokens or samples), for throughput
+    unit: str = "tokens"
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
+    select_metric: str | None = None  # keep best/ by this evaluation metric (without the eval_ prefix)
+    greater_is_better: bool = True
+    patience: int | None = None  # stop after this many evaluations without improvement
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    stopped_by: str
+    last_eval: dict[str, float] = field(default_factory=dict)
+    best: dict[str, Any] | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizer and schedule
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainSection, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; biases and normalisation weights (1-d tensors) get no weight decay."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type in ("cpu", "cuda")  # one kernel for all parameters: faster than the loop
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, fused=fused
+    )
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What bounds the run; `progress` is the binding fraction done, in [0, 1]."""
+
+    max_steps: int | None
+    max_seconds: float | None
+
+    @classmethod
+    def from_config(cls, cfg: TrainSection, steps_per_epoch: int) -> Budget:
+        limits = [s for s in (cfg.max_steps, cfg.epochs and math.ceil(cfg.epochs * steps_per_epoch)) if s]
+        return cls(min(limits) if limits else None, cfg.max_minutes * 60 if cfg.max_minutes else None)
+
+    def progress(self, steps: int, seconds: float) -> float:
+        parts = []
+        if self.max_steps:
+            parts.append(steps / self.max_steps)
+        if self.max_seconds:
+            parts.append(seconds / self.max_seconds)
+        return max(parts)
+
+
+def lr_factor(cfg: TrainSection, budget: Budget, step: int, progress: float) -> float:
+    """Warmup then decay, as a function of the binding progress (steps or wall-clock)."""
+    if cfg.warmup_steps is not None:
+        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        start = cfg.warmup_steps / budget.max_steps if budget.max_steps else 0.0
+    else:
+        fraction = 0.06 if cfg.warmup is None else cfg.warmup
+        warm = min(1.0, max(progress, 1e-3) / fraction) if fraction else 1.0
+        start = fraction
+    q = min(max((progress - start) / max(1.0 - start, 1e-9), 0.0), 1.0)
+    if cfg.scheduler == "linear":
+        decay = 1.0 - q
+    elif cfg.scheduler == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * q))
+    else:
+        decay = 1.0
+    return warm * decay
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _checkpoint_dirs(run_dir: Path) -> list[Path]:
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (one whose state.json was written last, after everything else)."""
+    for path in reversed(_checkpoint_dirs(run_dir)):
+        if (path / "state.json").is_file() and (path / "model.safetensors").is_file():
+            return path
+        log.warning("skipping incomplete checkpoint %s", path)
+    return None
+
+
+def save_checkpoint(
+    run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, state: dict[str, Any], keep: int
+) -> Path:
+    """Write checkpoints/step-N atomically (a temp dir renamed into place) and keep the newest `keep`."""
+    root = run_dir / "checkpoints"
+    root.mkdir(exist_ok=True)
+    final = root / f"step-{state['step']}"
+    tmp = root / f".tmp-step-{state['step']}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    if scaler is not None:
+        torch.save(scaler.state_dict(), tmp / "scaler.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in _checkpoint_dirs(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any) -> dict[str, Any]:
+    """Restore model, optimizer, scaler and RNG from a checkpoint dir; return its state.json."""
+    load_model(model, str(path / "model.safetensors"))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if scaler is not None and (path / "scaler.pt").is_file():
+        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+    return json.loads((path / "state.json").read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def _evaluate(task: Task, placement: Placement) -> dict[str, float]:
+    assert task.evaluate is not None
+    task.model.eval()
+    with torch.inference_mode(), placement.autocast():
+        metrics = task.evaluate(task.model)
+    task.model.train()
+    return {f"eval_{k}": float(v) for k, v in metrics.items()}
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train(
+    task: Task,
+    cfg: TrainSection,
+    placement: Placement,
+    run_dir: Path,
+    metrics: MetricsLog,
+    display: TrainingDisplay | None = None,
+    resume_from: Path | None = None,
+) -> TrainResult:
+    """Train `task.model` until the budget in `cfg` is spent; write checkpoints, best/ and final/.
+
+    Raises:
+        DataError: when the data cannot fill a single optimizer step.
+        NumericalError: when the loss stops being finite.
+    """
+    display = display or TrainingDisplay(live=False)
+    model = task.model.to(placement.device)
+    model.train()
+    if cfg.num_threads and placement.device.type == "cpu":
+        torch.set_num_threads(cfg.num_threads)
+    steps_per_epoch = task.batches_per_epoch // cfg.grad_accum
+    if steps_per_epoch == 0:
+        raise DataError(
+            f"the training data gives {task.batches_per_epoch} batches of train.batch_size={cfg.batch_size}, fewer than "
+            f"train.grad_accum={cfg.grad_accum}: add data or lower train.batch_size / train.grad_accum"
+        )
+    budget = Budget.from_config(cfg, steps_per_epoch)
+    optimizer = build_optimizer(model, cfg, placement.device)
+    scaler = torch.amp.GradScaler(placement.device.type) if placement.needs_grad_scaler else None
+
+    step, elapsed_before = 0, 0.0
+    best: dict[str, Any] | None = None
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model, optimizer, scaler)
+        step, elapsed_before, best = state["step"], state["elapsed_s"], state.get("best")
+        display.message(f"resumed from {resume_from} at step {step}")
+    bad_evals = 0 if best is None else best.get("bad_evals", 0)
+
+    start = time.perf_counter()
+    window_start, window_units, window_loss, window_steps = start, 0, 0.0, 0
+    last_eval: dict[str, float] = {}
+    eval_seconds = 0.0
+    stopped_by = "budget"
+    display.start(
+        f"training on {placement.device} in {placement.precision}: {steps_per_epoch} steps per epoch of "
+        f"{cfg.batch_size * cfg.grad_accum} sequences"
+        + (f", at most {budget.max_steps} steps" if budget.max_steps else "")
+        + (f", at most {budget.max_seconds / 60:g} minutes" if budget.max_seconds else "")
+    )
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - start
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {"step": step, "elapsed_s": elapsed(), "best": None if best is None else {**best, "bad_evals": bad_evals}}
+
+    def run_eval() -> bool:
+        """Evaluate, log, keep best/; return True when early stopping says stop."""
+        nonlocal last_eval, best, bad_evals, eval_seconds
+        t0 = time.perf_counter()
+        last_eval = _evaluate(task, placement)
+        record = {"type": "eval", "step": step, "elapsed_s": round(elapsed(), 3), **last_eval}
+        metrics.write(record)
+        display.evaluation(record)
+        stop = False
+        if task.select_metric:
+            value = last_eval[f"eval_{task.select_metric}"]
+            better = best is None or (value > best["value"] if task.greater_is_better else value < best["value"])
+            if better:
+                best = {"metric": task.select_metric, "value": value, "step": step}
+                bad_evals = 0
+                task.save(model, run_dir / "best")
+            else:
+                bad_evals += 1
+                stop = task.patience is not None and bad_evals >= task.patience
+        eval_seconds += time.perf_counter() - t0
+        return stop
+
+    done = budget.progress(step, elapsed()) >= 1.0
+    epoch = step // steps_per_epoch
+    while not done:
+        first = (step % steps_per_epoch) * cfg.grad_accum
+        micro = 0
+        for batch in task.batches(epoch, first):
+            batch = _to_device(batch, placement.device)
+            with placement.autocast():
+                loss, _ = task.loss(model, batch)
+            if not torch.isfinite(loss):
+                raise NumericalError(
+                    f"the loss became {loss.item()} at step {step + 1}: lower train.lr (now {cfg.lr:g}), "
+                    "keep train.max_grad_norm set, or use precision fp32/bf16 instead of fp16"
+                )
+            scaled = loss / cfg.grad_accum
+            (scaler.scale(scaled) if scaler else scaled).backward()
+            window_loss += loss.item() / cfg.grad_accum
+            window_units += task.count(batch)
+            micro += 1
+            if micro % cfg.grad_accum:
+                continue
+            progress = budget.progress(step + 1, elapsed())
+            lr = cfg.lr * lr_factor(cfg, budget, step, progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if scaler:
+                scaler.unscale_(optimizer)
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            window_steps += 1
+            progress = budget.progress(step, elapsed())
+            done = progress >= 1.0
+            log_now = step % cfg.log_every == 0 or done
+            now = time.perf_counter()
+            rate = window_units / max(now - window_start, 1e-9)
+            record = {
+                "type": "train",
+                "step": step,
+                "epoch": round(step / steps_per_epoch, 4),
+                "loss": window_loss / max(window_steps, 1),
+                "lr": lr,
+                f"{task.unit}_per_s": rate,
+                "elapsed_s": round(elapsed(), 3),
+                "progress": min(progress, 1.0),
+                "eta_s": (elapsed() - eval_seconds) * (1 - progress) / progress if 0 < progress < 1 else 0.0,
+                "max_steps": budget.max_steps,
+            }
+            display.update(record, log_now)
+            if log_now:
+                metrics.write({k: v for k, v in record.items() if k != "max_steps"})
+                window_start, window_units, window_loss, window_steps = now, 0, 0.0, 0
+            if task.evaluate and cfg.eval_every and step % cfg.eval_every == 0 and not done:
+                if run_eval():
+                    done, stopped_by = True, "early stopping"
+                window_start = time.perf_counter()
+            if cfg.save_every and step % cfg.save_every == 0 and not done:
+                save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last)
+                window_start = time.perf_counter()
+            if done:
+                break
+        epoch += 1
+
+    if task.evaluate and stopped_by != "early stopping":  # in-loop evaluations skip the last step
+        run_eval()
+    display.close()
+    task.save(model, run_dir / "final")
+    return TrainResult(steps=step, seconds=elapsed(), stopped_by=stopped_by, last_eval=last_eval, best=best)
+
+
+def ensure_training_possible(n_examples: int, batch_size: int, what: str) -> None:
+    """A clear error when the data cannot fill one batch."""
+    if n_examples < batch_size:
+        raise DataError(
+            f"{what} gives {n_examples} sequences, fewer than train.batch_size={batch_size}: "
+            "add text, or lower train.batch_size or data.max_length"
+        )
+
+
+__all__ = ["Task", "TrainResult", "train", "latest_checkpoint", "ensure_training_possible", "LmtuneError"]

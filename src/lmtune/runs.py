@@ -1,0 +1,108 @@
+"""The run directory: creating it safely, the resolved config, the manifest and the metrics log.
+
+Layout (DESIGN.md): config.yaml, manifest.json, metrics.jsonl, final/, checkpoints/step-N/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from lmtune import __version__
+from lmtune.errors import RunDirError
+
+
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Refuse an output dir that already holds something, unless `overwrite` (checked before any work)."""
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"output_dir {path} exists and is a file: choose another --output-dir")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise RunDirError(
+            f"output_dir {path} already exists and is not empty: pass --overwrite to replace it, "
+            "or choose another --output-dir"
+        )
+
+
+def prepare_output_dir(path: Path, overwrite: bool) -> Path:
+    """Create the run dir (emptying it first when `overwrite`)."""
+    check_output_dir(path, overwrite)
+    if path.is_dir() and overwrite:
+        shutil.rmtree(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create output_dir {path}: {exc.strerror}") from None
+    return path
+
+
+def git_sha() -> str | None:
+    """The commit of the working directory's git repository, if any."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def write_manifest(run_dir: Path, **fields: Any) -> None:
+    """manifest.json: versions, seed, device, precision, data fingerprint, git sha, plus `fields`."""
+    import datasets
+    import tokenizers
+    import torch
+    import transformers
+
+    manifest = {
+        "lmtune": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "tokenizers": tokenizers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_sha": git_sha(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **fields,
+    }
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+class MetricsLog:
+    """Appends one JSON object per line to metrics.jsonl, flushed at once (a crash loses nothing)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self._handle.write(json.dumps(clean) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Every record of a metrics.jsonl file."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def save_hf_checkpoint(model: Any, tokenizer: Any, path: Path) -> None:
+    """Save a Hugging Face checkpoint (safetensors weights, config, tokenizer) atomically: written to a
+    temporary sibling dir, then renamed over `path`, so a crash never leaves a half-written one."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    old = path.with_name(f".old-{path.name}")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,185 @@
+"""`lmtune pretrain`: train a tokenizer and a masked language model from scratch.
+
+Reads top to bottom: resolve the device, load and split the text, train (or load) the tokenizer,
+build the model, pack the text into blocks, create the run dir, train, save. Everything that can
+fail because of the user's input fails before the run dir is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmtune import data, devices, engine, runs
+from lmtune.config import Config, to_yaml
+from lmtune.errors import DataError, RunDirError
+from lmtune.modeling import build_mlm, check_compatible, evaluate_mlm, mlm_loss
+from lmtune.tokenization import continuation_table, load_tokenizer, train_tokenizer
+from lmtune.ui import TrainingDisplay
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    steps: int
+    seconds: float
+    metrics: dict[str, float]
+
+
+def load_corpus(cfg: Config) -> tuple[Any, Any, list[Path]]:
+    """The training and validation texts (a seeded held-out fraction when no validation files)."""
+    d = cfg.data
+    train_ds, files = data.load_texts(d.train, "data.train", d.text_column, d.txt_unit, d.cache_dir)
+    if d.validation:
+        val_ds, val_files = data.load_texts(d.validation, "data.validation", d.text_column, d.txt_unit, d.cache_dir)
+        files = files + val_files
+    else:
+        train_ds, val_ds = data.split_validation(train_ds, d.validation_fraction, cfg.seed)
+    log.info("data: %d training and %d validation texts from %d file(s)", len(train_ds), len(val_ds), len(files))
+    return train_ds, val_ds, files
+
+
+def build_tokenizer(cfg: Config, train_ds: Any) -> Any:
+    """Reuse tokenizer.path, or train one on the training split only (never on validation text)."""
+    t = cfg.tokenizer
+    if t.path:
+        tokenizer = load_tokenizer(t.path)
+        log.info("tokenizer: loaded from %s (%d tokens)", t.path, len(tokenizer))
+        return tokenizer
+    kind = "WordPiece" if cfg.model.arch == "bert" else "byte-level BPE"
+    log.info("tokenizer: training %s with a target of %d tokens", kind, t.vocab_size)
+    tokenizer = train_tokenizer(
+        (batch["text"] for batch in train_ds.iter(batch_size=1000)),
+        cfg.model.arch,
+        t.vocab_size,
+        lowercase=t.lowercase,
+        min_frequency=t.min_frequency,
+        max_length=cfg.data.max_length,
+    )
+    log.info("tokenizer: %d tokens", len(tokenizer))
+    return tokenizer
+
+
+def pack(cfg: Config, tokenizer: Any, train_ds: Any, val_ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenize and pack both splits into blocks of data.max_length tokens."""
+    d = cfg.data
+    train_blocks = torch.from_numpy(data.pack_blocks(train_ds, tokenizer, d.max_length, d.num_proc, "train"))
+    val_blocks = torch.from_numpy(data.pack_blocks(val_ds, tokenizer, d.max_length, d.num_proc, "validation"))
+    engine.ensure_training_possible(len(train_blocks), cfg.train.batch_size, f"data.train (blocks of {d.max_length} tokens)")
+    if len(val_blocks) == 0:
+        raise DataError(
+            f"the validation text is shorter than one block of data.max_length={d.max_length} tokens: "
+            "raise data.validation_fraction or give longer data.validation files"
+        )
+    log.info(
+        "packed %s training tokens into %d blocks; %d validation blocks",
+        f"{train_blocks.numel():,}", len(train_blocks), len(val_blocks),
+    )
+    return train_blocks, val_blocks
+
+
+def build_masker(cfg: Config, tokenizer: Any, vocab_size: int) -> data.Masker:
+    continuation = None
+    if cfg.mlm.whole_word:
+        continuation = torch.from_numpy(continuation_table(tokenizer, vocab_size))
+    return data.Masker(
+        mask_id=tokenizer.mask_token_id,
+        special_ids=tuple(sorted(set(tokenizer.all_special_ids))),
+        real_vocab=len(tokenizer),
+        probability=cfg.mlm.probability,
+        mask_replace=cfg.mlm.mask_replace,
+        random_replace=cfg.mlm.random_replace,
+        continuation=continuation,
+    )
+
+
+def pretrain(
+    cfg: Config, overwrite: bool = False, resume: bool = False, display: TrainingDisplay | None = None
+) -> PretrainResult:
+    """Run a whole pretraining job described by `cfg` (validated for the pretrain stage).
+
+    Raises:
+        LmtuneError: for any problem with the config, data, device or output dir (before writing).
+    """
+    placement = devices.resolve(cfg.device, cfg.precision)
+    log.info("device: %s, precision: %s (%s)", placement.device, placement.precision, placement.reason)
+    out = Path(cfg.output_dir or "")
+    resume_from = None
+    if resume:
+        resume_from = engine.latest_checkpoint(out)
+        if resume_from is None:
+            raise RunDirError(f"--resume: {out} holds no complete checkpoint to resume: run without --resume")
+    else:
+        runs.check_output_dir(out, overwrite)
+
+    train_ds, val_ds, files = load_corpus(cfg)
+    tokenizer = build_tokenizer(cfg, train_ds)
+    model = build_mlm(cfg.model, tokenizer, cfg.seed)
+    check_compatible(model, tokenizer, cfg.data.max_length)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        "model: %s, %d layers x %d wide, vocab %d, %.2fM parameters",
+        cfg.model.arch, model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size, n_params / 1e6,
+    )
+    train_blocks, val_blocks = pack(cfg, tokenizer, train_ds, val_ds)
+
+    run_dir = out if resume else runs.prepare_output_dir(out, overwrite)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    runs.write_manifest(
+        run_dir,
+        command="pretrain",
+        seed=cfg.seed,
+        placement=placement.as_dict(),
+        data={
+            "fingerprint": data.fingerprint(files),
+            "files": len(files),
+            "train_blocks": len(train_blocks),
+            "validation_blocks": len(val_blocks),
+            "block_size": cfg.data.max_length,
+        },
+        model={"arch": cfg.model.arch, "parameters": n_params, "vocab_size": model.config.vocab_size},
+        tokenizer_size=len(tokenizer),
+        resumed_from=str(resume_from) if resume_from else None,
+    )
+
+    masker = build_masker(cfg, tokenizer, model.config.vocab_size)
+    t = cfg.train
+    eval_cap = t.eval_max_batches
+
+    def batches(epoch: int, first: int):
+        return data.block_batches(train_blocks, t.batch_size, cfg.seed, epoch, masker, start=first)
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        # a fixed "epoch" (-1) keeps validation masks identical at every evaluation
+        stream = data.block_batches(val_blocks, t.batch_size, cfg.seed, -1, masker, shuffle=False)
+        capped = (b for i, b in zip(range(eval_cap or 1 << 62), stream))
+        return evaluate_mlm(model, capped, placement.device)
+
+    task = engine.Task(
+        model=model,
+        batches=batches,
+        batches_per_epoch=len(train_blocks) // t.batch_size,
+        loss=mlm_loss,
+        save=partial(_save, tokenizer=tokenizer),
+        count=lambda batch: batch["input_ids"].numel(),
+        unit="tokens",
+        evaluate=evaluate,
+    )
+    metrics = runs.MetricsLog(run_dir / "metrics.jsonl")
+    try:
+        result = engine.train(task, t, placement, run_dir, metrics, display, resume_from)
+    finally:
+        metrics.close()
+    log.info("saved the model and tokenizer to %s", run_dir / "final")
+    return PretrainResult(run_dir=run_dir, steps=result.steps, seconds=result.seconds, metrics=result.last_eval)
+
+
+def _save(model: torch.nn.Module, path: Path, tokenizer: Any) -> None:
+    runs.save_hf_checkpoint(model, tokenizer, path)
