@@ -161,11 +161,34 @@ class Config(_Section):
 # Loading: YAML files, extends, overrides
 
 
+class _Loader(yaml.SafeLoader):
+    """`yaml.safe_load`, except that `1e-4` and `3E5` are floats (YAML 1.1 insists on a dot)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML safely (no object construction), reading exponent floats as floats."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
@@ -214,7 +237,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
         raise ConfigError(f"--set {text!r}: {key!r} is not a dotted key such as train.lr")
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
+        value = yaml_load(value_text) if value_text.strip() else None
     except yaml.YAMLError as exc:
         problem = str(exc).splitlines()[0]
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({problem}); quote it") from None
@@ -331,8 +354,10 @@ def _check_hf_config_keys(m: ModelSection) -> list[str]:
             hint = difflib.get_close_matches(key, sorted(known), n=1)
             extra = f" Did you mean '{hint[0]}'?" if hint else ""
             problems.append(f"unknown key 'model.hf_config.{key}': not a field of {config_class.__name__}.{extra}")
-        elif key in ModelSection.model_fields or key in {"vocab_size", "pad_token_id"}:
-            problems.append(f"model.hf_config.{key}: set it as model.{key} (or let the tokenizer decide), not in hf_config")
+        elif key in ModelSection.model_fields:
+            problems.append(f"model.hf_config.{key}: set it as model.{key}, not in hf_config")
+        elif key in {"vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"}:
+            problems.append(f"model.hf_config.{key}: the tokenizer decides it (see tokenizer.vocab_size); remove it")
     return problems
 
 
@@ -374,11 +399,11 @@ def _problem_list(source: str, problems: list[str]) -> str:
 _KNOWN_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".tsv", ".parquet", ".yaml", ".yml")
 
 
-def looks_local(entry: str) -> bool:
+def looks_local(entry: str, cwd: Path | None = None) -> bool:
     """True when `entry` names a local path or glob rather than a hub name like `imdb` or `org/name`."""
     if entry.startswith(("/", "./", "../", "~")) or glob.has_magic(entry):
         return True
-    if entry.lower().endswith(_KNOWN_SUFFIXES) or os.path.exists(entry):
+    if entry.lower().endswith(_KNOWN_SUFFIXES) or os.path.exists((cwd or Path.cwd()) / entry):
         return True
     return entry.count("/") > 1 or "\\" in entry
 
@@ -392,7 +417,7 @@ def resolve_paths(cfg: Config, cwd: Path | None = None) -> Config:
     cwd = cwd or Path.cwd()
 
     def fix(entry: str | None) -> str | None:
-        return _abs(entry, cwd) if entry is not None and looks_local(entry) else entry
+        return _abs(entry, cwd) if entry is not None and looks_local(entry, cwd) else entry
 
     def fix_list(entries: list[str] | None) -> list[str] | None:
         return None if entries is None else [fix(e) for e in entries]  # type: ignore[misc]

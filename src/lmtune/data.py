@@ -11,6 +11,7 @@ pure function of (seed, step): nothing to save for resuming.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import logging
@@ -84,25 +85,28 @@ def expand_sources(entries: list[str], key: str) -> tuple[list[Path], list[str]]
 
 def check_text_file(path: Path) -> None:
     """Fail early, naming the file and byte offset, on binary or non-UTF-8 content."""
-    offset = 0
-    decoder = __import__("codecs").getincrementaldecoder("utf-8")("strict")
+    offset = 0  # bytes of the file read before the current chunk
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
     with open(path, "rb") as handle:
         while chunk := handle.read(_UTF8_CHUNK):
             if b"\x00" in chunk:
                 where = offset + chunk.index(b"\x00")
                 raise DataError(f"{path} looks binary (a NUL byte at offset {where}): give text files only")
+            pending = len(decoder.getstate()[0])  # bytes of an unfinished character held from the last chunk
             try:
                 decoder.decode(chunk)
             except UnicodeDecodeError as exc:
                 raise DataError(
-                    f"{path} is not UTF-8 text (undecodable byte at offset {offset + exc.start}): "
+                    f"{path} is not UTF-8 text (undecodable byte at offset {offset - pending + exc.start}): "
                     "convert it, e.g. `iconv -f latin1 -t utf-8`"
                 ) from None
             offset += len(chunk)
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not UTF-8 text (it ends inside a multi-byte character)") from None
+    pending = len(decoder.getstate()[0])
+    if pending:
+        raise DataError(
+            f"{path} is not UTF-8 text (undecodable byte at offset {offset - pending}, an unfinished character at the end): "
+            "convert it, e.g. `iconv -f latin1 -t utf-8`"
+        )
 
 
 def fingerprint(files: list[Path]) -> str:
@@ -204,7 +208,12 @@ def _text_column(ds, column: str, key: str, paths: list[Path]):
         ds = ds.rename_column(column, "text")
     feature = ds.features["text"]
     if getattr(feature, "dtype", None) not in ("string", "large_string"):
-        ds = ds.map(lambda b: {"text": [None if t is None else str(t) for t in b["text"]]}, batched=True)
+        import datasets
+
+        try:
+            ds = ds.cast_column("text", datasets.Value("string"))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{key}: column {column!r} of {paths[0]} is not text ({feature}): {exc}") from None
     return ds
 
 

@@ -98,7 +98,7 @@ def wrap(tok: Tokenizer, arch: str, max_length: int) -> PreTrainedTokenizerFast:
             pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
         )
-        special_map = BERT_SPECIALS
+        special_map = {**BERT_SPECIALS, "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]}
     else:
         tok.post_processor = processors.RobertaProcessing(
             ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")), trim_offsets=True
