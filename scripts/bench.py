@@ -112,14 +112,13 @@ class ForeignLoad:
         return max(foreign, 0.0) / (wall * (os.cpu_count() or 1))
 
 
-def other_processes_busy() -> str | None:
-    """A warning when the machine was busy before we started (1-minute load average)."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return None
-    if load > 0.5:
-        return f"the 1-minute load average is {load:.2f} before the benchmark starts: other processes are running"
+def other_processes_busy(seconds: float = 1.0) -> str | None:
+    """A warning when other processes use more than 10% of the CPUs over a short sample before we start."""
+    probe = ForeignLoad()
+    time.sleep(seconds)
+    share = probe.share()
+    if share is not None and share > 0.10:
+        return f"other processes are using {100 * share:.0f}% of the CPUs before the benchmark starts"
     return None
 
 
@@ -463,10 +462,16 @@ def main(argv: list[str] | None = None) -> int:
             row: dict = {"order": order, "matmul_gflops": peak}
             for side in order:
                 torch.manual_seed(args.seed)
+                t0 = time.perf_counter()
                 if side == "lmtune":
                     row[side] = run_lmtune(args, cfg, placement, tokenizer, blocks, workdir)
                 else:
                     row[side] = run_reference(args, cfg, tokenizer, blocks, hf_dataset, workdir)
+                print(
+                    f"  {side:<9} {row[side]['tokens_per_s']:>9,.0f} tok/s, {row[side]['step_ms_median']:6.0f} ms/step "
+                    f"(run of {args.warmup + args.steps} steps took {time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
             row["foreign_cpu_share"] = round_load.share()
             rounds.append(row)
             print(

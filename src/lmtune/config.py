@@ -91,7 +91,7 @@ class DataSection(_Section):
     txt_unit: Literal["document", "paragraph", "line"] = Field(
         "paragraph", description=".txt files: one document per file, per blank-line paragraph, or per line"
     )
-    num_proc: int | None = Field(None, ge=1, description="processes for tokenization; null: one per CPU core")
+    num_proc: int | None = Field(None, ge=1, description="processes for tokenization; null: one (tokenizers already uses every core)")
     cache_dir: str | None = Field(None, description="datasets cache dir; null: the Hugging Face default")
 
     @field_validator("train", "validation", "test", mode="before")

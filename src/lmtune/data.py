@@ -260,8 +260,9 @@ def pack_blocks(dataset, tokenizer, block_size: int, num_proc: int | None = None
         blocks[:, 1:] = stream[: n * body].reshape(n, body)
         return {"input_ids": blocks.tolist()}
 
-    workers = num_proc if num_proc is not None else (os.cpu_count() or 1)
-    workers = workers if len(dataset) >= 2000 * workers else None  # processes only pay off on big data
+    # the tokenizers library already encodes a batch on every core, so extra processes only pay
+    # off when asked for explicitly (data.num_proc)
+    workers = num_proc if num_proc and num_proc > 1 else None
     tokenized = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, num_proc=workers, desc=f"Tokenizing {desc}")
     packed = tokenized.map(pack, batched=True, batch_size=2000, remove_columns=["ids"], num_proc=workers, desc=f"Packing {desc}")
     if len(packed) == 0:

@@ -7,12 +7,18 @@ fail because of the user's input fails before the run dir is touched.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import datasets
+import tokenizers
 import torch
 
 from lmtune import data, devices, engine, runs
@@ -47,11 +53,23 @@ def load_corpus(cfg: Config) -> tuple[Any, Any, list[Path]]:
 
 
 def build_tokenizer(cfg: Config, train_ds: Any) -> Any:
-    """Reuse tokenizer.path, or train one on the training split only (never on validation text)."""
+    """Reuse tokenizer.path, or train one on the training split only (never on validation text).
+
+    A trained tokenizer is cached under the datasets cache, keyed by the training data's fingerprint
+    and the tokenizer settings: training is not bit-for-bit deterministic, and reusing the same
+    tokenizer is what lets a second run reuse the cached tokenization too.
+    """
     t = cfg.tokenizer
     if t.path:
         tokenizer = load_tokenizer(t.path)
         log.info("tokenizer: loaded from %s (%d tokens)", t.path, len(tokenizer))
+        return tokenizer
+    settings = [train_ds._fingerprint, cfg.model.arch, t.vocab_size, t.lowercase, t.min_frequency, cfg.data.max_length, tokenizers.__version__]
+    key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
+    cache = Path(cfg.data.cache_dir or datasets.config.HF_DATASETS_CACHE) / "lmtune-tokenizers" / key
+    if (cache / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(str(cache))
+        log.info("tokenizer: reusing the one trained on this data before (%d tokens, %s)", len(tokenizer), cache)
         return tokenizer
     kind = "WordPiece" if cfg.model.arch == "bert" else "byte-level BPE"
     log.info("tokenizer: training %s with a target of %d tokens", kind, t.vocab_size)
@@ -64,6 +82,12 @@ def build_tokenizer(cfg: Config, train_ds: Any) -> Any:
         max_length=cfg.data.max_length,
     )
     log.info("tokenizer: %d tokens", len(tokenizer))
+    tmp = cache.with_name(f".tmp-{key}-{os.getpid()}")
+    try:
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, cache)
+    except OSError:  # a read-only or shared cache: training again next time is fine
+        shutil.rmtree(tmp, ignore_errors=True)
     return tokenizer
 
 

@@ -1,0 +1,59 @@
+"""Shared test set-up: no network, a private datasets cache, tiny configs and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# before datasets/transformers are imported anywhere: never touch the network or the user's cache
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="lmtune-test-datasets-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from lmtune.cli import app  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).parent.parent
+SOUNDS = {"moo", "woof", "meow", "quack", "baa", "hoot", "roar", "buzz"}
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def invoke(runner: CliRunner, *args: str):
+    """Run the CLI in-process and return the result (exit_code, stdout, stderr)."""
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def write_config(path: Path, **sections) -> Path:
+    """Write a YAML config file from keyword sections and return its path."""
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    return path
+
+
+def tiny_config(tmp_path: Path, train_files: list[str] | None = None, **overrides) -> Path:
+    """A 2-layer, 64-wide BERT on the animals fixture: trains a step in milliseconds."""
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "seed": 0,
+        "device": "cpu",
+        "model": {"arch": "bert", "preset": "tiny", "hidden_size": 64, "intermediate_size": 128},
+        "tokenizer": {"vocab_size": 128},
+        "data": {"train": train_files or [str(FIXTURES / "animals.txt")], "txt_unit": "line", "max_length": 32},
+        "train": {"batch_size": 16, "lr": 2.0e-3, "max_steps": 6, "eval_every": None, "save_every": None, "log_every": 2},
+    }
+    for key, value in overrides.items():
+        section, _, name = key.partition("__")
+        if name:
+            cfg.setdefault(section, {})[name] = value
+        else:
+            cfg[section] = value
+    return write_config(tmp_path / "config.yaml", **cfg)

@@ -1,0 +1,301 @@
+"""`lmtune pretrain` end to end through the CLI: real files in, a Hugging Face checkpoint out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import FIXTURES, REPO, SOUNDS, invoke, tiny_config
+from lmtune.config import load_config
+from lmtune.runs import read_metrics
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning: a real run that must learn the fixture's regularity
+
+
+@pytest.mark.slow
+def test_pretrain_learns_and_reloads_with_plain_transformers(tmp_path, runner):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM, pipeline
+
+    config = tiny_config(
+        tmp_path,
+        model={"arch": "bert", "preset": "tiny"},  # 2 layers x 128
+        train={"batch_size": 32, "lr": 2.0e-3, "max_steps": 400, "eval_every": 200, "save_every": 200, "log_every": 20},
+    )
+    result = invoke(runner, "pretrain", config)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+
+    # the exact run-dir layout
+    assert files_under(run) == {
+        "config.yaml",
+        "manifest.json",
+        "metrics.jsonl",
+        "final/config.json",
+        "final/model.safetensors",
+        "final/tokenizer.json",
+        "final/tokenizer_config.json",
+        "checkpoints/step-200/model.safetensors",
+        "checkpoints/step-200/optimizer.pt",
+        "checkpoints/step-200/rng.pt",
+        "checkpoints/step-200/state.json",
+    }
+
+    # the loss falls and the model learned the sounds
+    records = read_metrics(run / "metrics.jsonl")
+    train = [r for r in records if r["type"] == "train"]
+    evals = [r for r in records if r["type"] == "eval"]
+    assert [r["step"] for r in evals] == [200, 400]
+    assert train[-1]["loss"] < 0.6 * train[0]["loss"]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    assert evals[-1]["eval_masked_accuracy"] > 0.5
+    assert train[-1]["tokens_per_s"] > 0
+
+    # plain transformers, no lmtune
+    model = AutoModelForMaskedLM.from_pretrained(run / "final")
+    tokenizer = AutoTokenizer.from_pretrained(run / "final")
+    assert isinstance(model, BertForMaskedLM)
+    assert model.config.vocab_size % 64 == 0 and len(tokenizer) <= model.config.vocab_size
+    assert model.config.hidden_dropout_prob == 0.0
+    fill = pipeline("fill-mask", model=str(run / "final"), device="cpu")
+    predictions = fill("the old cow says [MASK] .", top_k=1)
+    assert predictions[0]["token_str"] in SOUNDS, predictions
+
+    # the manifest and the resolved config say what ran
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["placement"]["device"] == "cpu"
+    assert manifest["placement"]["precision"] in {"bf16", "fp32"}
+    assert manifest["seed"] == 0 and len(manifest["data"]["fingerprint"]) == 64
+    assert load_config(run / "config.yaml").train.max_steps == 400
+
+
+def test_pretrain_roberta_with_whole_word_masking(tmp_path, runner):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, RobertaForMaskedLM
+
+    config = tiny_config(tmp_path, model={"arch": "roberta", "preset": "tiny", "hidden_size": 64, "intermediate_size": 128})
+    result = invoke(runner, "pretrain", config, "--set", "mlm.whole_word=true", "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    model = AutoModelForMaskedLM.from_pretrained(tmp_path / "run" / "final")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "final")
+    assert isinstance(model, RobertaForMaskedLM)
+    assert model.config.pad_token_id == tokenizer.pad_token_id == 1
+    assert model.config.max_position_embeddings == 514
+    ids = tokenizer("the cow says moo")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits
+    assert logits.shape == (1, len(ids), model.config.vocab_size)
+
+
+def test_resume_reaches_bitwise_identical_weights(tmp_path, runner):
+    """A run resumed from its step-4 checkpoint ends with exactly the weights of the uninterrupted run."""
+    config = tiny_config(tmp_path, train={"batch_size": 16, "lr": 2.0e-3, "max_steps": 8, "save_every": 4, "keep_last": 5, "eval_every": None})
+    assert invoke(runner, "pretrain", config, "--precision", "fp32").exit_code == 0
+    run = tmp_path / "run"
+    full = load_file(run / "final" / "model.safetensors")
+
+    # simulate a crash right after step 4: the later checkpoint and the final model never got written
+    shutil.rmtree(run / "final")
+    shutil.rmtree(run / "checkpoints" / "step-8", ignore_errors=True)
+    result = invoke(runner, "pretrain", config, "--precision", "fp32", "--resume")
+    assert result.exit_code == 0, result.output
+    resumed = load_file(run / "final" / "model.safetensors")
+    assert full.keys() == resumed.keys()
+    for name in full:
+        assert torch.equal(full[name], resumed[name]), name
+    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"]
+    assert steps[-1] == 8
+
+
+def test_second_run_reuses_the_tokenization_cache(tmp_path, runner):
+    cache = tmp_path / "cache"
+    config = tiny_config(tmp_path, data={"train": [str(FIXTURES / "animals.txt")], "txt_unit": "line", "max_length": 32, "cache_dir": str(cache)})
+    assert invoke(runner, "pretrain", config).exit_code == 0
+    first = files_under(cache)
+    assert any("cache-" in name for name in first)  # map results were cached
+    assert invoke(runner, "pretrain", config, "--output-dir", tmp_path / "run2").exit_code == 0
+    assert files_under(cache) == first  # nothing recomputed
+
+
+def test_pretrain_on_mixed_formats_and_directories(tmp_path, runner):
+    config = tiny_config(
+        tmp_path,
+        data={"train": [str(FIXTURES / "corpus"), str(FIXTURES / "corpus-chapter1.jsonl")], "text_column": "body", "max_length": 32},
+        tokenizer={"vocab_size": 256},
+    )
+    result = invoke(runner, "pretrain", config)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["data"]["files"] == 4
+
+
+def test_module_entry_point_and_exit_code_in_a_subprocess(tmp_path):
+    config = tiny_config(tmp_path, data={"train": [str(tmp_path / "missing.txt")]})
+    proc = subprocess.run([sys.executable, "-m", "lmtune", "pretrain", str(config)], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert "missing.txt does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: a clear message, exit code 2, nothing written
+
+
+def _bad_latin1(tmp_path: Path) -> str:
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\xe9 au lait\n".encode("latin-1") * 10)
+    return str(path)
+
+
+def _empty(tmp_path: Path) -> str:
+    path = tmp_path / "empty.txt"
+    path.write_text("")
+    return str(path)
+
+
+def _textless_dir(tmp_path: Path) -> str:
+    folder = tmp_path / "notext"
+    folder.mkdir()
+    (folder / "image.png").write_bytes(b"\x89PNG")
+    return str(folder)
+
+
+def _binary(tmp_path: Path) -> str:
+    path = tmp_path / "blob.txt"
+    path.write_bytes(b"text\x00\x01\x02")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("make_file", "message"),
+    [
+        (lambda tmp: str(tmp / "nope.txt"), "does not exist"),
+        (_empty, "is empty"),
+        (_textless_dir, "holds no"),
+        (_bad_latin1, "not UTF-8"),
+        (_binary, "looks binary"),
+        (lambda tmp: str(tmp / "*.jsonl"), "matches no"),
+    ],
+    ids=["missing", "empty", "dir-without-text", "latin1", "binary", "glob-no-match"],
+)
+def test_bad_data_files(tmp_path, runner, make_file, message):
+    config = tiny_config(tmp_path, data={"train": [make_file(tmp_path)], "txt_unit": "line", "max_length": 32})
+    result = invoke(runner, "pretrain", config)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "train.lrr=1"], "Did you mean 'train.lr'"),
+        (["--set", "tokenizer.vocab_size=10"], "tokenizer.vocab_size=10"),
+        (["--set", "data.max_length=1024"], "position limit of 512"),
+        (["--set", "model.num_attention_heads=3"], "not divisible"),
+        (["--set", "train.lr=[oops"], "not valid YAML"),
+        (["--set", "train.batch_size=0"], "train.batch_size"),
+        (["--precision", "fp16"], "fp16"),
+        (["--device", "cuda"], "no CUDA"),
+        (["--device", "tpu"], "device"),
+        (["--set", "train.max_steps=null"], "nothing bounds the run"),
+    ],
+)
+def test_bad_config_or_flags(tmp_path, runner, args, message):
+    config = tiny_config(tmp_path)
+    result = invoke(runner, "pretrain", config, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_is_refused_and_left_untouched(tmp_path, runner):
+    config = tiny_config(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "precious.txt").write_text("keep me")
+    result = invoke(runner, "pretrain", config)
+    assert result.exit_code == 2
+    assert "--overwrite" in result.stderr
+    assert files_under(run) == {"precious.txt"}
+
+    result = invoke(runner, "pretrain", config, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert "precious.txt" not in files_under(run)
+    assert "final/model.safetensors" in files_under(run)
+
+
+def test_resume_without_checkpoint_is_refused(tmp_path, runner):
+    result = invoke(runner, "pretrain", tiny_config(tmp_path), "--resume")
+    assert result.exit_code == 2
+    assert "no complete checkpoint" in result.stderr
+
+
+def test_too_little_text_for_one_batch(tmp_path, runner):
+    small = tmp_path / "small.txt"
+    small.write_text("the cow says moo .\nthe dog says woof .\n" * 3)
+    config = tiny_config(tmp_path, data={"train": [str(small)], "txt_unit": "line", "max_length": 32})
+    result = invoke(runner, "pretrain", config)
+    assert result.exit_code == 2
+    assert "train.batch_size" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# The other commands
+
+
+def test_version_and_help(runner):
+    from lmtune import __version__
+
+    result = invoke(runner, "--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"lmtune {__version__}"
+    listed = invoke(runner, "--help").stdout
+    assert "pretrain" in listed and "config" in listed
+    for unfinished in ("finetune", "predict"):
+        assert unfinished not in listed
+
+
+def test_config_show_prints_the_resolved_config(tmp_path, runner, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base.yaml").write_text("train: {lr: 0.001, max_steps: 10}\ndata: {train: [corpus/*.txt]}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\noutput_dir: runs/x\ntrain: {batch_size: 8}\n")
+    result = invoke(runner, "config", "show", "child.yaml", "--set", "train.lr=3e-4")
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    shown = yaml.safe_load(result.stdout)
+    assert shown["train"] == {**shown["train"], "lr": 3e-4, "max_steps": 10, "batch_size": 8}
+    assert shown["output_dir"] == str(tmp_path / "runs" / "x")
+    assert shown["data"]["train"] == [str(tmp_path / "corpus" / "*.txt")]
+
+
+def test_config_validate_reports_each_file(tmp_path, runner):
+    good = tiny_config(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("output_dir: x\ntrain: {max_steps: 1, lrr: 2}\ndata: {train: [a.txt]}\n")
+    assert invoke(runner, "config", "validate", good).exit_code == 0
+    result = invoke(runner, "config", "validate", good, bad)
+    assert result.exit_code == 2
+    assert "ok: " in result.stdout and "train.lrr" in result.stderr
+
+
+def test_every_shipped_config_validates(runner):
+    configs = sorted((REPO / "configs").rglob("*.yaml"))
+    assert configs
+    result = invoke(runner, "config", "validate", *configs)
+    assert result.exit_code == 0, result.output
