@@ -19,6 +19,11 @@ them are timed (wall clock from the end of the last warmup step to the end of th
 per-step hook on each side: `TrainingDisplay.update` in lmtune, `TrainerCallback.on_step_end` in the
 reference). The two sides alternate (ABBA order) for `--repeats` rounds; medians are reported.
 
+On a shared machine other processes' CPU use ruins every number here (with 2 threads on 2 busy cores
+a step gets several times slower), so before each round and each run the script waits up to
+`--wait-idle` seconds for the CPUs to be idle, and it reports the share of CPU time other processes
+used during each run (from /proc/stat minus its own CPU time), warning when it exceeds 5%.
+
 Run it from the repository root:
 
     .venv/bin/python scripts/bench.py                       # mini preset, 30 steps, 3 repeats
@@ -59,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
     p.add_argument("--vocab", type=int, default=8192, help="tokenizer vocabulary target (default 8192)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--wait-idle", type=float, default=60.0,
+        help="before each timed run, wait up to this many seconds for other processes to leave the CPUs idle "
+        "(0: never wait; default 60)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write all results to this JSON file")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 1 or args.repeats < 1:
@@ -112,14 +122,26 @@ class ForeignLoad:
         return max(foreign, 0.0) / (wall * (os.cpu_count() or 1))
 
 
-def other_processes_busy(seconds: float = 1.0) -> str | None:
-    """A warning when other processes use more than 10% of the CPUs over a short sample before we start."""
+def foreign_share(seconds: float = 1.0) -> float | None:
+    """Other processes' share of the CPUs over a short sample."""
     probe = ForeignLoad()
     time.sleep(seconds)
-    share = probe.share()
-    if share is not None and share > 0.10:
-        return f"other processes are using {100 * share:.0f}% of the CPUs before the benchmark starts"
-    return None
+    return probe.share()
+
+
+def wait_until_idle(max_wait: float, threshold: float = 0.10) -> str | None:
+    """Wait up to `max_wait` seconds for other processes to use under `threshold` of the CPUs.
+
+    Returns a note when it had to wait or gave up, None when the machine was idle at once.
+    """
+    t0 = time.perf_counter()
+    share = foreign_share()
+    while share is not None and share > threshold and time.perf_counter() - t0 < max_wait:
+        share = foreign_share(2.0)
+    waited = time.perf_counter() - t0
+    if share is None or share <= threshold:
+        return None if waited < 1.5 else f"waited {waited:.0f} s for the CPUs to be idle"
+    return f"other processes still use {100 * share:.0f}% of the CPUs after waiting {waited:.0f} s: measuring anyway"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,9 +453,6 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     started = time.perf_counter()
-    warning = other_processes_busy()
-    if warning:
-        print(f"WARNING: {warning}; the numbers will be low and noisy", flush=True)
     load = ForeignLoad()
     with tempfile.TemporaryDirectory(prefix="lmtune-bench-") as tmp:
         workdir = Path(tmp)
@@ -456,20 +475,30 @@ def main(argv: list[str] | None = None) -> int:
         )
         rounds = []
         for r in range(args.repeats):
+            note = wait_until_idle(args.wait_idle) if args.wait_idle else None
+            if note:
+                print(f"  ({note})", flush=True)
             round_load = ForeignLoad()
             peak = matmul_peak()
             order = ("lmtune", "reference") if r % 2 == 0 else ("reference", "lmtune")
             row: dict = {"order": order, "matmul_gflops": peak}
             for side in order:
                 torch.manual_seed(args.seed)
+                note = wait_until_idle(args.wait_idle) if args.wait_idle else None
+                if note:
+                    print(f"  ({note})", flush=True)
+                run_load = ForeignLoad()
                 t0 = time.perf_counter()
                 if side == "lmtune":
                     row[side] = run_lmtune(args, cfg, placement, tokenizer, blocks, workdir)
                 else:
                     row[side] = run_reference(args, cfg, tokenizer, blocks, hf_dataset, workdir)
+                share = row[side]["foreign_cpu_share"] = run_load.share()
                 print(
                     f"  {side:<9} {row[side]['tokens_per_s']:>9,.0f} tok/s, {row[side]['step_ms_median']:6.0f} ms/step "
-                    f"(run of {args.warmup + args.steps} steps took {time.perf_counter() - t0:.0f} s)",
+                    f"(run of {args.warmup + args.steps} steps took {time.perf_counter() - t0:.0f} s"
+                    + ("" if share is None else f"; other processes used {100 * share:.0f}% of the CPUs")
+                    + ")",
                     flush=True,
                 )
             row["foreign_cpu_share"] = round_load.share()

@@ -299,3 +299,31 @@ def test_every_shipped_config_validates(runner):
     assert configs
     result = invoke(runner, "config", "validate", *configs)
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, runner):
+    import signal
+    import time
+
+    config = tiny_config(tmp_path, train={"batch_size": 16, "lr": 1.0e-3, "max_steps": 100000, "save_every": None, "eval_every": None, "log_every": 1})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmtune", "pretrain", str(config)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    checkpoints = list((tmp_path / "run" / "checkpoints").glob("step-*"))
+    assert len(checkpoints) == 1
+    saved_step = int(checkpoints[0].name.split("-")[1])
+    assert saved_step >= 3
+
+    result = invoke(runner, "pretrain", config, "--resume", "--set", f"train.max_steps={saved_step + 2}")
+    assert result.exit_code == 0, result.output
+    steps = [r["step"] for r in read_metrics(metrics) if r["type"] == "train"]
+    assert steps[-1] == saved_step + 2

@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from lmtune import __version__
-from lmtune.errors import LmtuneError
+from lmtune.errors import LmtuneError, TrainingInterrupted
 
 app = typer.Typer(
     name="lmtune",
@@ -53,6 +53,9 @@ def _guarded(action: Callable[[], T]) -> T:
     except LmtuneError as exc:
         ui.error(str(exc))
         raise typer.Exit(2) from None
+    except TrainingInterrupted as exc:
+        ui.error(str(exc))
+        raise typer.Exit(130) from None
     except KeyboardInterrupt:
         ui.error("interrupted")
         raise typer.Exit(130) from None

@@ -28,7 +28,7 @@ from safetensors.torch import load_model, save_model
 
 from lmtune.config import TrainSection
 from lmtune.devices import Placement
-from lmtune.errors import DataError, LmtuneError, NumericalError
+from lmtune.errors import DataError, LmtuneError, NumericalError, TrainingInterrupted
 from lmtune.runs import MetricsLog
 from lmtune.ui import TrainingDisplay
 
@@ -277,72 +277,78 @@ def train(
 
     done = budget.progress(step, elapsed()) >= 1.0
     epoch = step // steps_per_epoch
-    while not done:
-        first = (step % steps_per_epoch) * cfg.grad_accum
-        micro = 0
-        for batch in task.batches(epoch, first):
-            batch = _to_device(batch, placement.device)
-            with placement.autocast():
-                loss, _ = task.loss(model, batch)
-            if not torch.isfinite(loss):
-                raise NumericalError(
-                    f"the loss became {loss.item()} at step {step + 1}: lower train.lr (now {cfg.lr:g}), "
-                    "keep train.max_grad_norm set, or use precision fp32/bf16 instead of fp16"
-                )
-            scaled = loss / cfg.grad_accum
-            (scaler.scale(scaled) if scaler else scaled).backward()
-            window_loss += loss.item() / cfg.grad_accum
-            window_units += task.count(batch)
-            micro += 1
-            if micro % cfg.grad_accum:
-                continue
-            progress = budget.progress(step + 1, elapsed())
-            lr = cfg.lr * lr_factor(cfg, budget, step, progress)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if scaler:
-                scaler.unscale_(optimizer)
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            window_steps += 1
-            progress = budget.progress(step, elapsed())
-            done = progress >= 1.0
-            log_now = step % cfg.log_every == 0 or done
-            now = time.perf_counter()
-            rate = window_units / max(now - window_start, 1e-9)
-            record = {
-                "type": "train",
-                "step": step,
-                "epoch": round(step / steps_per_epoch, 4),
-                "loss": window_loss / max(window_steps, 1),
-                "lr": lr,
-                f"{task.unit}_per_s": rate,
-                "elapsed_s": round(elapsed(), 3),
-                "progress": min(progress, 1.0),
-                "eta_s": (elapsed() - eval_seconds) * (1 - progress) / progress if 0 < progress < 1 else 0.0,
-                "max_steps": budget.max_steps,
-            }
-            display.update(record, log_now)
-            if log_now:
-                metrics.write({k: v for k, v in record.items() if k != "max_steps"})
-                window_start, window_units, window_loss, window_steps = now, 0, 0.0, 0
-            if task.evaluate and cfg.eval_every and step % cfg.eval_every == 0 and not done:
-                if run_eval():
-                    done, stopped_by = True, "early stopping"
-                window_start = time.perf_counter()
-            if cfg.save_every and step % cfg.save_every == 0 and not done:
-                save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last)
-                window_start = time.perf_counter()
-            if done:
-                break
-        epoch += 1
+    try:
+        while not done:
+            first = (step % steps_per_epoch) * cfg.grad_accum
+            micro = 0
+            for batch in task.batches(epoch, first):
+                batch = _to_device(batch, placement.device)
+                with placement.autocast():
+                    loss, _ = task.loss(model, batch)
+                if not torch.isfinite(loss):
+                    raise NumericalError(
+                        f"the loss became {loss.item()} at step {step + 1}: lower train.lr (now {cfg.lr:g}), "
+                        "keep train.max_grad_norm set, or use precision fp32/bf16 instead of fp16"
+                    )
+                scaled = loss / cfg.grad_accum
+                (scaler.scale(scaled) if scaler else scaled).backward()
+                window_loss += loss.item() / cfg.grad_accum
+                window_units += task.count(batch)
+                micro += 1
+                if micro % cfg.grad_accum:
+                    continue
+                progress = budget.progress(step + 1, elapsed())
+                lr = cfg.lr * lr_factor(cfg, budget, step, progress)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if scaler:
+                    scaler.unscale_(optimizer)
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                window_steps += 1
+                progress = budget.progress(step, elapsed())
+                done = progress >= 1.0
+                log_now = step % cfg.log_every == 0 or done
+                now = time.perf_counter()
+                rate = window_units / max(now - window_start, 1e-9)
+                record = {
+                    "type": "train",
+                    "step": step,
+                    "epoch": round(step / steps_per_epoch, 4),
+                    "loss": window_loss / max(window_steps, 1),
+                    "lr": lr,
+                    f"{task.unit}_per_s": rate,
+                    "elapsed_s": round(elapsed(), 3),
+                    "progress": min(progress, 1.0),
+                    "eta_s": (elapsed() - eval_seconds) * (1 - progress) / progress if 0 < progress < 1 else 0.0,
+                    "max_steps": budget.max_steps,
+                }
+                display.update(record, log_now)
+                if log_now:
+                    metrics.write({k: v for k, v in record.items() if k != "max_steps"})
+                    window_start, window_units, window_loss, window_steps = now, 0, 0.0, 0
+                if task.evaluate and cfg.eval_every and step % cfg.eval_every == 0 and not done:
+                    if run_eval():
+                        done, stopped_by = True, "early stopping"
+                    window_start = time.perf_counter()
+                if cfg.save_every and step % cfg.save_every == 0 and not done:
+                    save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last)
+                    window_start = time.perf_counter()
+                if done:
+                    break
+            epoch += 1
+    except KeyboardInterrupt:
+        display.close()
+        where = save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last) if step else None
+        saved = f"saved {where}; continue with the same command plus --resume" if where else "nothing to save yet"
+        raise TrainingInterrupted(f"interrupted at step {step}: {saved}") from None
 
     if task.evaluate and stopped_by != "early stopping":  # in-loop evaluations skip the last step
         run_eval()

@@ -27,3 +27,7 @@ class RunDirError(LmtuneError):
 
 class NumericalError(LmtuneError):
     """Training diverged: the loss or the gradients are no longer finite."""
+
+
+class TrainingInterrupted(Exception):
+    """The user pressed Ctrl-C; a checkpoint was saved. cli.py exits with code 130."""
