@@ -136,6 +136,89 @@ def pretrain(
     _guarded(run)
 
 
+@app.command()
+def finetune(
+    config: Annotated[Path, typer.Argument(help="The YAML config (see configs/finetune/).")],
+    set_: SetOption = None,
+    output_dir: OutputDirOption = None,
+    device: DeviceOption = None,
+    precision: PrecisionOption = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Fine-tune a checkpoint (lmtune's or any local BERT-family one) into a text classifier.
+
+    Writes OUTPUT_DIR/best/ (by the selection metric) and final/, Hugging Face checkpoints whose
+    config carries the label names, plus config.yaml, manifest.json and metrics.jsonl.
+    """
+    from lmtune import ui
+    from lmtune.config import load_config
+
+    ui.setup_logging(verbose)
+
+    def run() -> None:
+        from lmtune.stages.finetune import finetune as run_finetune
+
+        cfg = load_config(config, set_ or [], stage="finetune", values=_flag_values(output_dir, device, precision))
+        result = run_finetune(cfg, overwrite=overwrite, resume=resume, display=ui.TrainingDisplay())
+        rows: dict[str, Any] = {"run dir": str(result.run_dir), "problem": result.spec.problem, "steps": result.steps}
+        if result.best:
+            rows[f"best {result.best['metric']}"] = result.best["value"]
+            rows["best model"] = str(result.run_dir / "best")
+        rows.update({k.removeprefix("eval_"): v for k, v in result.metrics.items()})
+        ui.summary_table("fine-tuning done (validation)", rows)
+
+    if resume and overwrite:
+        ui.error("--resume and --overwrite contradict each other: choose one")
+        raise typer.Exit(2)
+    _guarded(run)
+
+
+@app.command("eval")
+def eval_(
+    target: Annotated[Path, typer.Argument(help="A checkpoint dir, a run dir, or a finetune config (evaluates its data.test).")],
+    data_files: Annotated[list[str] | None, typer.Option("--data", help="File(s) to evaluate on. Repeatable.")] = None,
+    set_: SetOption = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Where results go (default: <checkpoint>/../eval-<data>/).")] = None,
+    device: DeviceOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Measure a classifier on labelled data, or a masked LM on text (perplexity)."""
+    from lmtune import ui
+    from lmtune.config import load_config, validate
+
+    ui.setup_logging(verbose)
+
+    def run() -> None:
+        from lmtune.config import apply_override, resolve_paths
+        from lmtune.stages.evaluate import evaluate, resolve_checkpoint
+
+        values = _flag_values(None, device, None)
+        if target.is_file():
+            cfg = load_config(target, set_ or [], values=values)
+            base = Path(cfg.output_dir) if cfg.output_dir else None
+            if base is None:
+                raise LmtuneError(f"{target}: the config has no output_dir, so there is no run to evaluate")
+            files = list(data_files or cfg.data.test or [])
+        else:
+            raw: dict[str, Any] = {}
+            for text in set_ or []:
+                raw = apply_override(raw, text)
+            raw.update(values)
+            cfg = resolve_paths(validate(raw, source="--set"))
+            base = target
+            files = list(data_files or [])
+            if not target.exists():
+                raise LmtuneError(f"{target} does not exist: give a checkpoint dir, a run dir or a finetune config")
+        files = [str(Path(f).expanduser().resolve()) if Path(f).exists() else f for f in files]
+        result = evaluate(resolve_checkpoint(base), files, cfg, output_dir)
+        table = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        ui.summary_table(f"eval ({result.kind})", {**table, "results": str(result.output_dir)})
+
+    _guarded(run)
+
+
 @config_app.command("show")
 def config_show(
     config: Annotated[Path, typer.Argument(help="The YAML config.")],

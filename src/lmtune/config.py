@@ -129,11 +129,32 @@ class TrainSection(_Section):
     adam_eps: float = Field(1.0e-6, gt=0.0, description="AdamW epsilon")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="gradient clipping; null: none")
     log_every: int = Field(10, ge=1, description="optimizer steps between metric log lines")
-    eval_every: int | None = Field(500, ge=1, description="steps between evaluations; null: only at the end")
+    eval_every: int | Literal["epoch"] | None = Field(
+        500, description="steps between evaluations, or 'epoch'; null: only at the end"
+    )
     eval_max_batches: int | None = Field(50, ge=1, description="cap on validation batches per evaluation")
     save_every: int | None = Field(1000, ge=1, description="steps between resumable checkpoints; null: none")
     keep_last: int = Field(2, ge=1, description="resumable checkpoints kept")
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; null: one per core")
+
+
+class FinetuneSection(_Section):
+    """Classification-specific settings (finetune)."""
+
+    problem: Literal["auto", "single_label", "multi_label", "regression"] = Field(
+        "auto", description="auto infers it from the label column: lists -> multi_label, fractional numbers -> regression"
+    )
+    select_metric: str | None = Field(
+        None, description="metric that picks best/; null: f1_macro (single-label), f1_micro (multi-label), pearson (regression)"
+    )
+    patience: int | None = Field(None, ge=1, description="stop after this many evaluations without improvement")
+    class_weights: Literal["auto"] | list[float] | None = Field(
+        None, description="single-label loss weights: auto (inverse training frequency), a list per label, or null"
+    )
+    layerwise_lr_decay: float | None = Field(
+        None, gt=0.0, le=1.0, description="each layer below the top gets this factor of the LR above it"
+    )
+    freeze_embeddings: bool = Field(False, description="keep the embedding layer fixed")
 
 
 class Config(_Section):
@@ -147,6 +168,7 @@ class Config(_Section):
     tokenizer: TokenizerSection = Field(default_factory=TokenizerSection)
     data: DataSection = Field(default_factory=DataSection)
     mlm: MLMSection = Field(default_factory=MLMSection)
+    finetune: FinetuneSection = Field(default_factory=FinetuneSection)
     train: TrainSection = Field(default_factory=TrainSection)
 
     @field_validator("device")
@@ -338,6 +360,12 @@ def _cross_checks(cfg: Config, stage: Stage | None) -> list[str]:
                 f"{SPECIAL_TOKEN_COUNT} special tokens and the alphabet: use at least {MIN_VOCAB_SIZE}"
             )
         problems.extend(_check_hf_config_keys(m))
+    if stage == "finetune":
+        if not m.checkpoint:
+            problems.append("model.checkpoint is required for finetune: a checkpoint dir, e.g. runs/mini/final")
+        weights = cfg.finetune.class_weights
+        if isinstance(weights, list) and any(w <= 0 for w in weights):
+            problems.append(f"finetune.class_weights={weights}: every weight must be positive")
     return problems
 
 

@@ -20,6 +20,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,7 +125,10 @@ def fingerprint(files: list[Path]) -> str:
 # Loading with datasets
 
 
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """False when offline mode is set or the hub does not answer within `timeout` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
     try:
         with socket.create_connection((host, 443), timeout=timeout):
             return True
@@ -135,7 +139,7 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 def _load_hub(name: str, key: str, cache_dir: str | None):
     import datasets
 
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or not hub_reachable():
         raise DataError(
             f"{key}: {name!r} is not a local file, directory or glob, and the Hugging Face hub is not reachable "
             "to load it as a dataset: check the path, or download the data and point the config at the files"
@@ -144,6 +148,33 @@ def _load_hub(name: str, key: str, cache_dir: str | None):
         return datasets.load_dataset(name, split="train", cache_dir=cache_dir)
     except Exception as exc:  # the hub raises many types; all mean "cannot use this name"
         raise DataError(f"{key}: loading the hub dataset {name!r} failed: {exc}") from None
+
+
+def _read_files(files: list[Path], key: str, txt_unit: str, cache_dir: str | None) -> list[tuple[Any, list[Path]]]:
+    """Read files with the datasets builder of their type; one dataset per (builder, suffix) group."""
+    import datasets
+
+    by_builder: dict[tuple[str, str], list[Path]] = {}
+    for path in files:
+        suffix = path.suffix.lower()
+        if suffix == ".txt":
+            check_text_file(path)
+        by_builder.setdefault((BUILDERS[suffix], suffix), []).append(path)
+    parts = []
+    for (builder, suffix), paths in by_builder.items():
+        kwargs: dict[str, Any] = {"sample_by": txt_unit} if builder == "text" else {}
+        if suffix == ".tsv":
+            kwargs["delimiter"] = "\t"
+        try:
+            ds = datasets.load_dataset(
+                builder, data_files=[str(p) for p in paths], split="train", cache_dir=cache_dir, **kwargs
+            )
+        except Exception as exc:  # pyarrow/json parse errors: name the files
+            names = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+            cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{key}: could not read {names}: {cause}") from None
+        parts.append((ds, paths))
+    return parts
 
 
 def load_texts(
@@ -168,32 +199,49 @@ def load_texts(
     import datasets
 
     files, hub = expand_sources(entries, key)
-    parts = []
-    by_builder: dict[tuple[str, str], list[Path]] = {}
-    for path in files:
-        suffix = path.suffix.lower()
-        if suffix == ".txt":
-            check_text_file(path)
-        by_builder.setdefault((BUILDERS[suffix], suffix), []).append(path)
-    for (builder, suffix), paths in by_builder.items():
-        kwargs = {"sample_by": txt_unit} if builder == "text" else {}
-        if suffix == ".tsv":
-            kwargs["delimiter"] = "\t"
-        try:
-            ds = datasets.load_dataset(
-                builder, data_files=[str(p) for p in paths], split="train", cache_dir=cache_dir, **kwargs
-            )
-        except Exception as exc:  # pyarrow/json parse errors: name the files
-            names = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
-            cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DataError(f"{key}: could not read {names}: {cause}") from None
-        parts.append(_text_column(ds, "text" if builder == "text" else text_column, key, paths))
+    parts = [
+        _text_column(ds, "text" if paths[0].suffix.lower() == ".txt" else text_column, key, paths)
+        for ds, paths in _read_files(files, key, txt_unit, cache_dir)
+    ]
     for name in hub:
         parts.append(_text_column(_load_hub(name, key, cache_dir), text_column, key, [Path(name)]))
     dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     dataset = dataset.filter(lambda b: [bool(t and t.strip()) for t in b["text"]], batched=True, desc="Dropping empty texts")
     if len(dataset) == 0:
         raise DataError(f"{key}: the files hold no text ({', '.join(map(str, files[:3]))})")
+    return dataset, files
+
+
+def load_table(entries: list[str], key: str, columns: list[str], cache_dir: str | None = None):
+    """Load labelled rows (.jsonl .json .csv .tsv .parquet) keeping exactly `columns`.
+
+    Raises:
+        DataError: for .txt files (they have no label column), a missing column (naming the columns
+            that exist), or no rows.
+    """
+    import datasets
+
+    files, hub = expand_sources(entries, key)
+    texts = [p for p in files if p.suffix.lower() == ".txt"]
+    if texts:
+        raise DataError(f"{key}: {texts[0]} is plain text, which has no label column: use .jsonl, .csv, .tsv or .parquet")
+    parts = [(ds, paths) for ds, paths in _read_files(files, key, "document", cache_dir)]
+    parts += [(_load_hub(name, key, cache_dir), [Path(name)]) for name in hub]
+    selected = []
+    for ds, paths in parts:
+        missing = [c for c in columns if c not in ds.column_names]
+        if missing:
+            raise DataError(
+                f"{key}: {paths[0]} has no column {', '.join(map(repr, missing))}; its columns are "
+                f"{', '.join(ds.column_names)}: set data.text_column / data.label_column / data.text_pair_column"
+            )
+        selected.append(ds.select_columns(columns))
+    try:
+        dataset = selected[0] if len(selected) == 1 else datasets.concatenate_datasets(selected)
+    except ValueError as exc:
+        raise DataError(f"{key}: the files disagree on column types ({exc})") from None
+    if len(dataset) == 0:
+        raise DataError(f"{key}: the files hold no rows ({', '.join(map(str, files[:3]))})")
     return dataset, files
 
 
@@ -319,6 +367,22 @@ class Masker:
         return ids, labels
 
 
+def build_masker(tokenizer: Any, vocab_size: int, mlm: Any) -> Masker:
+    """A Masker for `tokenizer` with the settings of an `mlm:` config section."""
+    from lmtune.tokenization import continuation_table
+
+    continuation = torch.from_numpy(continuation_table(tokenizer, vocab_size)) if mlm.whole_word else None
+    return Masker(
+        mask_id=tokenizer.mask_token_id,
+        special_ids=tuple(sorted(set(tokenizer.all_special_ids))),
+        real_vocab=len(tokenizer),
+        probability=mlm.probability,
+        mask_replace=mlm.mask_replace,
+        random_replace=mlm.random_replace,
+        continuation=continuation,
+    )
+
+
 def batch_generator(seed: int, *position: int) -> torch.Generator:
     """A generator seeded by the run seed and a position (epoch, batch): masks depend on nothing else."""
     mixed = int.from_bytes(hashlib.sha256(repr((seed, *position)).encode()).digest()[:8], "little")
@@ -339,3 +403,73 @@ def block_batches(
         rows = order[index * batch_size : (index + 1) * batch_size]
         input_ids, labels = masker(blocks[rows].long(), batch_generator(seed, epoch, index))
         yield {"input_ids": input_ids, "labels": labels}
+
+
+# ----------------------------------------------------------------------------------------------
+# Classification: tokenize without padding, batch by length, pad per batch
+
+
+@dataclass
+class Encoded:
+    """Tokenized classification rows: unpadded ids per row, and the targets."""
+
+    input_ids: list[np.ndarray]
+    token_type_ids: list[np.ndarray] | None
+    targets: np.ndarray | None
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+def encode_rows(
+    tokenizer: Any, texts: list[str], pairs: list[str] | None, max_length: int, targets: np.ndarray | None = None
+) -> Encoded:
+    """Tokenize (pairs when given) with truncation at `max_length` and no padding."""
+    texts = ["" if t is None else str(t) for t in texts]
+    pairs = None if pairs is None else ["" if t is None else str(t) for t in pairs]
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False)
+    ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
+    types = [np.asarray(x, dtype=np.int64) for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
+    return Encoded(ids, types, targets)
+
+
+def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group: int = 50) -> list[np.ndarray]:
+    """Training order: a seeded shuffle, then within windows of `group` batches rows of similar
+    length go together (less padding), and the batches themselves are shuffled."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    batches = []
+    window = batch_size * group
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Inference order: longest first, so each batch pads little; callers restore input order."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_batch(encoded: Encoded, rows: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad the rows to the longest one: input_ids, attention_mask, token_type_ids?, labels?."""
+    width = max(len(encoded.input_ids[r]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    types = torch.zeros((len(rows), width), dtype=torch.long) if encoded.token_type_ids is not None else None
+    for i, r in enumerate(rows):
+        n = len(encoded.input_ids[r])
+        ids[i, :n] = torch.from_numpy(encoded.input_ids[r])
+        mask[i, :n] = 1
+        if types is not None:
+            types[i, :n] = torch.from_numpy(encoded.token_type_ids[r])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    if encoded.targets is not None:
+        batch["labels"] = torch.from_numpy(encoded.targets[rows])
+    return batch

@@ -28,7 +28,7 @@ from safetensors.torch import load_model, save_model
 
 from lmtune.config import TrainSection
 from lmtune.devices import Placement
-from lmtune.errors import DataError, LmtuneError, NumericalError, TrainingInterrupted
+from lmtune.errors import ConfigError, DataError, LmtuneError, NumericalError, TrainingInterrupted
 from lmtune.runs import MetricsLog
 from lmtune.ui import TrainingDisplay
 
@@ -52,6 +52,7 @@ class Task:
     select_metric: str | None = None  # keep best/ by this evaluation metric (without the eval_ prefix)
     greater_is_better: bool = True
     patience: int | None = None  # stop after this many evaluations without improvement
+    param_groups: list[dict[str, Any]] | None = None  # custom groups: params, weight_decay, lr_scale
 
 
 @dataclass
@@ -67,11 +68,20 @@ class TrainResult:
 # Optimizer and schedule
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainSection, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; biases and normalisation weights (1-d tensors) get no weight decay."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def default_param_groups(params: list[torch.nn.Parameter], weight_decay: float, lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Two AdamW groups: matrices decay, biases and normalisation weights (1-d tensors) do not."""
+    trainable = [p for p in params if p.requires_grad]
+    return [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay, "lr_scale": lr_scale},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0, "lr_scale": lr_scale},
+    ]
+
+
+def build_optimizer(
+    model: torch.nn.Module, cfg: TrainSection, device: torch.device, groups: list[dict[str, Any]] | None = None
+) -> torch.optim.Optimizer:
+    """AdamW over `groups` (default: `default_param_groups` of the whole model)."""
+    groups = [g for g in (groups or default_param_groups(list(model.parameters()), cfg.weight_decay)) if g["params"]]
     fused = device.type in ("cpu", "cuda")  # one kernel for all parameters: faster than the loop
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, fused=fused
@@ -224,7 +234,8 @@ def train(
             f"train.grad_accum={cfg.grad_accum}: add data or lower train.batch_size / train.grad_accum"
         )
     budget = Budget.from_config(cfg, steps_per_epoch)
-    optimizer = build_optimizer(model, cfg, placement.device)
+    optimizer = build_optimizer(model, cfg, placement.device, task.param_groups)
+    eval_interval = steps_per_epoch if cfg.eval_every == "epoch" else cfg.eval_every
     scaler = torch.amp.GradScaler(placement.device.type) if placement.needs_grad_scaler else None
 
     step, elapsed_before = 0, 0.0
@@ -263,8 +274,17 @@ def train(
         display.evaluation(record)
         stop = False
         if task.select_metric:
-            value = last_eval[f"eval_{task.select_metric}"]
-            better = best is None or (value > best["value"] if task.greater_is_better else value < best["value"])
+            key = f"eval_{task.select_metric}"
+            if key not in last_eval:
+                names = ", ".join(k.removeprefix("eval_") for k in last_eval)
+                raise ConfigError(f"the selection metric {task.select_metric!r} is not among the evaluation metrics: {names}")
+            value = last_eval[key]
+            if best is None or math.isnan(best["value"]):
+                better = True
+            elif math.isnan(value):
+                better = False
+            else:
+                better = value > best["value"] if task.greater_is_better else value < best["value"]
             if better:
                 best = {"metric": task.select_metric, "value": value, "step": step}
                 bad_evals = 0
@@ -300,7 +320,7 @@ def train(
                 progress = budget.progress(step + 1, elapsed())
                 lr = cfg.lr * lr_factor(cfg, budget, step, progress)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 if scaler:
                     scaler.unscale_(optimizer)
                 if cfg.max_grad_norm:
@@ -334,7 +354,7 @@ def train(
                 if log_now:
                     metrics.write({k: v for k, v in record.items() if k != "max_steps"})
                     window_start, window_units, window_loss, window_steps = now, 0, 0.0, 0
-                if task.evaluate and cfg.eval_every and step % cfg.eval_every == 0 and not done:
+                if task.evaluate and eval_interval and step % eval_interval == 0 and not done:
                     if run_eval():
                         done, stopped_by = True, "early stopping"
                     window_start = time.perf_counter()

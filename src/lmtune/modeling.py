@@ -14,10 +14,23 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig, BertForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase, RobertaConfig, RobertaForMaskedLM
+from typing import Any
+
+import numpy as np
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForMaskedLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
 
 from lmtune.config import ModelSection, resolved_model_sizes
 from lmtune.errors import ConfigError
+from lmtune.labels import HF_PROBLEM_TYPES, LabelSpec
 from lmtune.tokenization import round_up
 
 IGNORE_INDEX = -100
@@ -121,3 +134,71 @@ def evaluate_mlm(model: PreTrainedModel, batches: Iterable[dict[str, torch.Tenso
         raise ValueError("no masked tokens to evaluate")
     mean = total_loss / masked
     return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "masked_accuracy": correct / masked}
+
+
+# ----------------------------------------------------------------------------------------------
+# Classification
+
+
+def is_classifier_checkpoint(config: Any) -> bool:
+    """True when a checkpoint config describes a sequence-classification model."""
+    return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
+
+
+def load_for_finetuning(checkpoint: str, spec: LabelSpec, dropout: float | None) -> tuple[PreTrainedModel, str]:
+    """A sequence classifier from `checkpoint` with a head sized for `spec`.
+
+    Returns:
+        (model, note) where note says whether the head is new or reused.
+    """
+    config = AutoConfig.from_pretrained(checkpoint)
+    reuse = is_classifier_checkpoint(config) and config.num_labels == spec.num_labels and dict(config.label2id or {}) == spec.label2id
+    overrides: dict[str, Any] = {
+        "num_labels": spec.num_labels,
+        "id2label": spec.id2label,
+        "label2id": spec.label2id,
+        "problem_type": HF_PROBLEM_TYPES[spec.problem],
+    }
+    if dropout is not None:
+        overrides.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, classifier_dropout=dropout)
+    elif getattr(config, "hidden_dropout_prob", 0.1) == 0.0:
+        # checkpoints pretrained without dropout (lmtune's default) fine-tune better with the usual 0.1
+        overrides.update(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint, ignore_mismatched_sizes=not reuse, **overrides)
+    kind = "its classification head" if reuse else f"a new classification head ({spec.num_labels} outputs)"
+    source = ", ".join(getattr(config, "architectures", None) or [config.model_type])
+    return model, f"loaded {source} from {checkpoint} with {kind}"
+
+
+def classification_loss(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], problem: str, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy (single-label, optionally class-weighted), BCE (multi-label) or MSE (regression)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits.float()  # (B, num_labels)
+    labels = batch["labels"]
+    if problem == "single_label":
+        loss = F.cross_entropy(logits, labels, weight=None if weights is None else weights.to(logits.device))
+    elif problem == "multi_label":
+        loss = F.binary_cross_entropy_with_logits(logits, labels.float())
+    else:
+        loss = F.mse_loss(logits.squeeze(-1), labels.float())
+    return loss, {}
+
+
+def classifier_outputs(model: PreTrainedModel, batches: Iterable[dict[str, torch.Tensor]], device: torch.device) -> np.ndarray:
+    """Scores for every row, in batch order: softmax probabilities (single-label), sigmoid
+    probabilities (multi-label) or the raw value (regression). Call under inference mode."""
+    problem = model.config.problem_type
+    outputs = []
+    for batch in batches:
+        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits.float()
+        if problem == "multi_label_classification":
+            scores = torch.sigmoid(logits)
+        elif problem == "regression" or model.config.num_labels == 1:
+            scores = logits.squeeze(-1)
+        else:
+            scores = torch.softmax(logits, dim=-1)
+        outputs.append(scores.cpu().numpy())
+    return np.concatenate(outputs) if outputs else np.zeros((0,))

@@ -151,3 +151,31 @@ def batched(items: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
             batch = []
     if batch:
         yield batch
+
+
+def load_checkpoint_tokenizer(checkpoint: str) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with a model checkpoint (a local dir, or a hub name when online).
+
+    Raises:
+        ConfigError: when the dir does not exist, holds no model, or has no tokenizer.
+    """
+    from lmtune.config import looks_local
+    from lmtune.data import hub_reachable
+
+    path = Path(checkpoint)
+    if not (looks_local(checkpoint) or path.exists()) and not hub_reachable():
+        raise ConfigError(
+            f"model.checkpoint={checkpoint!r} is not a local dir (relative paths resolve against {Path.cwd()}) "
+            "and the Hugging Face hub is not reachable to download it: point it at a checkpoint dir"
+        )
+    if looks_local(checkpoint) or path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"model.checkpoint={checkpoint!r} does not exist: point it at a checkpoint dir such as runs/NAME/final")
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.checkpoint={checkpoint!r} is not a model dir (no config.json in it)")
+    try:
+        return AutoTokenizer.from_pretrained(checkpoint)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        where = "the dir has no usable tokenizer files" if path.is_dir() else "it is not a local dir and the hub is not reachable"
+        raise ConfigError(f"model.checkpoint={checkpoint!r}: cannot load its tokenizer ({where}: {first})") from None

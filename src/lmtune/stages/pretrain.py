@@ -25,7 +25,7 @@ from lmtune import data, devices, engine, runs
 from lmtune.config import Config, to_yaml
 from lmtune.errors import DataError, RunDirError
 from lmtune.modeling import build_mlm, check_compatible, evaluate_mlm, mlm_loss
-from lmtune.tokenization import continuation_table, load_tokenizer, train_tokenizer
+from lmtune.tokenization import load_tokenizer, train_tokenizer
 from lmtune.ui import TrainingDisplay
 
 log = logging.getLogger(__name__)
@@ -109,21 +109,6 @@ def pack(cfg: Config, tokenizer: Any, train_ds: Any, val_ds: Any) -> tuple[torch
     return train_blocks, val_blocks
 
 
-def build_masker(cfg: Config, tokenizer: Any, vocab_size: int) -> data.Masker:
-    continuation = None
-    if cfg.mlm.whole_word:
-        continuation = torch.from_numpy(continuation_table(tokenizer, vocab_size))
-    return data.Masker(
-        mask_id=tokenizer.mask_token_id,
-        special_ids=tuple(sorted(set(tokenizer.all_special_ids))),
-        real_vocab=len(tokenizer),
-        probability=cfg.mlm.probability,
-        mask_replace=cfg.mlm.mask_replace,
-        random_replace=cfg.mlm.random_replace,
-        continuation=continuation,
-    )
-
-
 def pretrain(
     cfg: Config, overwrite: bool = False, resume: bool = False, display: TrainingDisplay | None = None
 ) -> PretrainResult:
@@ -173,7 +158,7 @@ def pretrain(
         resumed_from=str(resume_from) if resume_from else None,
     )
 
-    masker = build_masker(cfg, tokenizer, model.config.vocab_size)
+    masker = data.build_masker(tokenizer, model.config.vocab_size, cfg.mlm)
     t = cfg.train
     eval_cap = t.eval_max_batches
 

@@ -1,0 +1,143 @@
+"""`lmtune eval`: measure a checkpoint on labelled data (classifiers) or on text (masked LMs).
+
+Classifiers get the metrics of metrics.py (scikit-learn/scipy), `metrics.json`, `predictions.jsonl`
+(text, gold, predicted, scores) and a confusion-matrix PNG; masked LMs get loss, perplexity and
+masked-token accuracy. Results go to the eval output dir (default `<checkpoint>/../eval-<data>/`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmtune import data, devices, metrics
+from lmtune.config import Config
+from lmtune.errors import ConfigError
+from lmtune.labels import LabelSpec, encode
+from lmtune.modeling import classifier_outputs, evaluate_mlm, is_classifier_checkpoint
+
+log = logging.getLogger(__name__)
+
+_PROBLEMS = {"single_label_classification": "single_label", "multi_label_classification": "multi_label", "regression": "regression"}
+
+
+@dataclass
+class EvalResult:
+    output_dir: Path
+    kind: str  # "classifier" | "masked-lm"
+    metrics: dict[str, Any]
+
+
+def score_predictions(scores: np.ndarray, targets: np.ndarray, spec: LabelSpec) -> dict[str, Any]:
+    """Metrics for model outputs (`classifier_outputs`) against encoded targets."""
+    if spec.problem == "single_label":
+        return metrics.classification_metrics(targets, scores, list(spec.names))
+    if spec.problem == "multi_label":
+        return metrics.multilabel_metrics(targets, scores, list(spec.names))
+    return metrics.regression_metrics(targets, scores)
+
+
+def spec_from_model(config: Any) -> LabelSpec:
+    """The label spec a fine-tuned checkpoint was trained with (from its config)."""
+    problem = _PROBLEMS.get(config.problem_type or "", "regression" if config.num_labels == 1 else "single_label")
+    names = () if problem == "regression" else tuple(config.id2label[i] for i in range(config.num_labels))
+    return LabelSpec(problem, names)
+
+
+def resolve_checkpoint(target: Path) -> Path:
+    """A run dir's best/ (else final/), or the checkpoint dir itself."""
+    for candidate in (target / "best", target / "final", target):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ConfigError(f"{target} holds no checkpoint (no config.json in it, its best/ or its final/)")
+
+
+def default_output_dir(checkpoint: Path, data_files: list[str]) -> Path:
+    name = Path(data_files[0]).stem if data_files else "data"
+    return checkpoint.parent / f"eval-{name}"
+
+
+def predict_scores(model: Any, encoded: data.Encoded, pad_id: int, batch_size: int, device: torch.device) -> np.ndarray:
+    """Model outputs for every row, in input order (batches are length-sorted internally)."""
+    groups = data.sorted_batches(encoded.lengths, batch_size)
+    scores = classifier_outputs(model, (data.pad_batch(encoded, rows, pad_id) for rows in groups), device)
+    restored = np.empty_like(scores)
+    restored[np.concatenate(groups)] = scores
+    return restored
+
+
+def evaluate(checkpoint: Path, data_files: list[str], cfg: Config, output_dir: Path | None = None) -> EvalResult:
+    """Evaluate `checkpoint` on `data_files`, with columns, lengths and device from `cfg`."""
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    from lmtune.tokenization import load_checkpoint_tokenizer
+
+    if not data_files:
+        raise ConfigError("nothing to evaluate on: pass --data FILE (or set data.test in the config)")
+    placement = devices.resolve(cfg.device, "fp32" if cfg.precision == "auto" else cfg.precision)
+    tokenizer = load_checkpoint_tokenizer(str(checkpoint))
+    model_config = AutoConfig.from_pretrained(checkpoint)
+    out = output_dir or default_output_dir(checkpoint, data_files)
+    d = cfg.data
+    if is_classifier_checkpoint(model_config):
+        spec = spec_from_model(model_config)
+        cols = [d.text_column, *([d.text_pair_column] if d.text_pair_column else []), d.label_column]
+        rows, _ = data.load_table(data_files, "--data", cols, d.cache_dir)
+        targets = encode(rows[d.label_column], spec, "--data", d.label_column)
+        pairs = rows[d.text_pair_column] if d.text_pair_column else None
+        encoded = data.encode_rows(tokenizer, rows[d.text_column], pairs, d.max_length, targets)
+        model = AutoModelForSequenceClassification.from_pretrained(checkpoint).to(placement.device).eval()
+        with torch.inference_mode(), placement.autocast():
+            scores = predict_scores(model, encoded, tokenizer.pad_token_id, cfg.train.batch_size * 2, placement.device)
+        results = score_predictions(scores, targets, spec)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_predictions(out / "predictions.jsonl", rows, d, scores, targets, spec)
+        if spec.problem == "single_label":
+            metrics.plot_confusion_matrix(results["confusion_matrix"], list(spec.names), out / "confusion_matrix.png", f"{checkpoint}")
+        kind = "classifier"
+    else:
+        texts, _ = data.load_texts(data_files, "--data", d.text_column, d.txt_unit, d.cache_dir)
+        model = AutoModelForMaskedLM.from_pretrained(checkpoint).to(placement.device).eval()
+        blocks = torch.from_numpy(data.pack_blocks(texts, tokenizer, min(d.max_length, tokenizer.model_max_length), d.num_proc, "evaluation"))
+        if len(blocks) == 0:
+            raise ConfigError(f"--data: the text is shorter than one block of data.max_length={d.max_length} tokens")
+        masker = data.build_masker(tokenizer, model.config.vocab_size, cfg.mlm)
+        stream = data.block_batches(blocks, cfg.train.batch_size, cfg.seed, -1, masker, shuffle=False)
+        with torch.inference_mode(), placement.autocast():
+            results = evaluate_mlm(model, stream, placement.device)
+        results["blocks"] = len(blocks)
+        out.mkdir(parents=True, exist_ok=True)
+        kind = "masked-lm"
+    results = {"checkpoint": str(checkpoint), "data": data_files, "kind": kind, **results}
+    (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    return EvalResult(out, kind, results)
+
+
+def _write_predictions(path: Path, rows: Any, d: Any, scores: np.ndarray, targets: np.ndarray, spec: LabelSpec) -> None:
+    names = list(spec.names)
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(len(rows)):
+            record: dict[str, Any] = {"text": rows[i][d.text_column]}
+            if d.text_pair_column:
+                record["text_pair"] = rows[i][d.text_pair_column]
+            if spec.problem == "single_label":
+                record.update(
+                    gold=names[int(targets[i])],
+                    predicted=names[int(scores[i].argmax())],
+                    scores={n: round(float(s), 6) for n, s in zip(names, scores[i])},
+                )
+            elif spec.problem == "multi_label":
+                record.update(
+                    gold=[n for n, t in zip(names, targets[i]) if t > 0.5],
+                    predicted=[n for n, s in zip(names, scores[i]) if s >= 0.5],
+                    scores={n: round(float(s), 6) for n, s in zip(names, scores[i])},
+                )
+            else:
+                record.update(gold=float(targets[i]), predicted=float(scores[i]))
+            handle.write(json.dumps(record) + "\n")

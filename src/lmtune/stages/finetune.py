@@ -1,0 +1,193 @@
+"""`lmtune finetune`: turn a BERT-family checkpoint into a text classifier (or regressor).
+
+Reads top to bottom: resolve the device, load the checkpoint's tokenizer, read the labelled rows
+(validation from files or a seeded, stratified split of train), infer the problem and label map,
+load the model with a classification head, tokenize (no padding: batches are grouped by length and
+padded per batch), create the run dir, train with the shared engine keeping best/ by the selection
+metric, save final/. Everything the user can get wrong fails before the run dir is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmtune import data, devices, engine, runs
+from lmtune.config import Config, to_yaml
+from lmtune.errors import ConfigError, RunDirError
+from lmtune.labels import LabelSpec, class_weights, encode, infer_spec
+from lmtune.metrics import SELECTION_DEFAULTS, greater_is_better
+from lmtune.modeling import check_compatible, classification_loss, classifier_outputs, load_for_finetuning
+from lmtune.stages.evaluate import score_predictions
+from lmtune.tokenization import load_checkpoint_tokenizer
+from lmtune.ui import TrainingDisplay
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    steps: int
+    seconds: float
+    metrics: dict[str, float]
+    best: dict[str, Any] | None
+    spec: LabelSpec
+
+
+def columns(cfg: Config) -> list[str]:
+    d = cfg.data
+    return [d.text_column, *([d.text_pair_column] if d.text_pair_column else []), d.label_column]
+
+
+def load_splits(cfg: Config) -> tuple[Any, Any, list[Path]]:
+    """Training and validation rows; without validation files, a seeded stratified split of train."""
+    d = cfg.data
+    train, files = data.load_table(d.train, "data.train", columns(cfg), d.cache_dir)
+    if d.validation:
+        val, val_files = data.load_table(d.validation, "data.validation", columns(cfg), d.cache_dir)
+        return train, val, files + val_files
+    from sklearn.model_selection import train_test_split
+
+    labels = train[d.label_column]
+    hashable = [tuple(v) if isinstance(v, list) else v for v in labels]
+    counts = {v: hashable.count(v) for v in set(hashable)} if len(set(map(repr, hashable))) < len(hashable) else {}
+    stratify = hashable if counts and min(counts.values()) >= 2 and not isinstance(labels[0], float) else None
+    if len(train) < 4:
+        raise ConfigError(f"data.train has {len(train)} rows: too few to hold out validation; give data.validation")
+    idx_train, idx_val = train_test_split(
+        np.arange(len(train)), test_size=d.validation_fraction, random_state=cfg.seed, stratify=stratify
+    )
+    return train.select(np.sort(idx_train)), train.select(np.sort(idx_val)), files
+
+
+def layerwise_groups(model: torch.nn.Module, weight_decay: float, decay: float | None) -> list[dict[str, Any]] | None:
+    """Parameter groups whose LR shrinks by `decay` per layer going down (embeddings lowest)."""
+    if decay is None:
+        return None
+    n_layers = model.config.num_hidden_layers
+    by_scale: dict[float, list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        match = re.search(r"\.layer\.(\d+)\.", name)
+        if match:
+            depth = n_layers - int(match.group(1))
+        elif ".embeddings." in name or name.startswith("embeddings."):
+            depth = n_layers + 1
+        else:
+            depth = 0  # pooler and classifier head
+        by_scale.setdefault(decay**depth, []).append(param)
+    return [g for scale, params in sorted(by_scale.items()) for g in engine.default_param_groups(params, weight_decay, scale)]
+
+
+def finetune(cfg: Config, overwrite: bool = False, resume: bool = False, display: TrainingDisplay | None = None) -> FinetuneResult:
+    """Run a whole fine-tuning job described by `cfg` (validated for the finetune stage)."""
+    placement = devices.resolve(cfg.device, cfg.precision)
+    log.info("device: %s, precision: %s (%s)", placement.device, placement.precision, placement.reason)
+    out = Path(cfg.output_dir or "")
+    resume_from = engine.latest_checkpoint(out) if resume else None
+    if resume and resume_from is None:
+        raise RunDirError(f"--resume: {out} holds no complete checkpoint to resume: run without --resume")
+    if not resume:
+        runs.check_output_dir(out, overwrite)
+
+    d, f = cfg.data, cfg.finetune
+    checkpoint = cfg.model.checkpoint or ""
+    tokenizer = load_checkpoint_tokenizer(checkpoint)
+    train_rows, val_rows, files = load_splits(cfg)
+    spec = infer_spec(train_rows[d.label_column], f.problem, "data.train", d.label_column)
+    how = "inferred from the label column" if f.problem == "auto" else "as configured"
+    log.info("problem: %s (%s)%s", spec.problem, how, f", {len(spec.names)} labels: {', '.join(spec.names[:10])}" if spec.names else "")
+    y_train = encode(train_rows[d.label_column], spec, "data.train", d.label_column)
+    y_val = encode(val_rows[d.label_column], spec, "data.validation", d.label_column)
+    log.info("data: %d training and %d validation rows from %d file(s)", len(train_rows), len(val_rows), len(files))
+
+    model, note = load_for_finetuning(checkpoint, spec, cfg.model.dropout)
+    log.info("model: %s", note)
+    check_compatible(model, tokenizer, d.max_length)
+    if f.freeze_embeddings:
+        for param in model.base_model.embeddings.parameters():
+            param.requires_grad_(False)
+
+    def encoded(rows: Any, targets: np.ndarray) -> data.Encoded:
+        pairs = rows[d.text_pair_column] if d.text_pair_column else None
+        return data.encode_rows(tokenizer, rows[d.text_column], pairs, d.max_length, targets)
+
+    train_enc, val_enc = encoded(train_rows, y_train), encoded(val_rows, y_val)
+    weights = None
+    if spec.problem == "single_label" and f.class_weights is not None:
+        if f.class_weights == "auto":
+            weights = torch.from_numpy(class_weights(y_train, spec.num_labels))
+        elif len(f.class_weights) != spec.num_labels:
+            raise ConfigError(
+                f"finetune.class_weights has {len(f.class_weights)} values for {spec.num_labels} labels ({', '.join(spec.names)})"
+            )
+        else:
+            weights = torch.tensor(f.class_weights, dtype=torch.float32)
+        log.info("class weights: %s", ", ".join(f"{n}={w:.3g}" for n, w in zip(spec.names, weights.tolist())))
+    metric = f.select_metric or SELECTION_DEFAULTS[spec.problem]
+
+    run_dir = out if resume else runs.prepare_output_dir(out, overwrite)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    runs.write_manifest(
+        run_dir,
+        command="finetune",
+        seed=cfg.seed,
+        placement=placement.as_dict(),
+        checkpoint=checkpoint,
+        problem=spec.problem,
+        labels=list(spec.names),
+        data={"fingerprint": data.fingerprint(files), "files": len(files), "train_rows": len(train_rows), "validation_rows": len(val_rows)},
+        resumed_from=str(resume_from) if resume_from else None,
+    )
+
+    t = cfg.train
+    pad_id = tokenizer.pad_token_id
+    train_lengths, val_lengths = train_enc.lengths, val_enc.lengths
+    n_batches = -(-len(train_lengths) // t.batch_size)
+
+    def batches(epoch: int, first: int):
+        order = data.length_grouped_batches(train_lengths, t.batch_size, cfg.seed, epoch)
+        for rows in order[first:]:
+            yield data.pad_batch(train_enc, rows, pad_id)
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        groups = data.sorted_batches(val_lengths, t.batch_size * 2)
+        scores = classifier_outputs(model, (data.pad_batch(val_enc, rows, pad_id) for rows in groups), placement.device)
+        order = np.concatenate(groups)
+        restored = np.empty_like(scores)
+        restored[order] = scores
+        results = score_predictions(restored, y_val, spec)
+        # undefined metrics (None, e.g. pearson of constant predictions) become nan: "not better"
+        return {k: float("nan") if v is None else v for k, v in results.items() if v is None or isinstance(v, (int, float))}
+
+    def save(model: torch.nn.Module, path: Path) -> None:
+        runs.save_hf_checkpoint(model, tokenizer, path)
+
+    task = engine.Task(
+        model=model,
+        batches=batches,
+        batches_per_epoch=n_batches,
+        loss=lambda m, b: classification_loss(m, b, spec.problem, weights),
+        save=save,
+        count=lambda b: int(b["input_ids"].shape[0]),
+        unit="samples",
+        evaluate=evaluate,
+        select_metric=metric,
+        greater_is_better=greater_is_better(metric),
+        patience=f.patience,
+        param_groups=layerwise_groups(model, t.weight_decay, f.layerwise_lr_decay),
+    )
+    metrics_log = runs.MetricsLog(run_dir / "metrics.jsonl")
+    try:
+        result = engine.train(task, t, placement, run_dir, metrics_log, display, resume_from)
+    finally:
+        metrics_log.close()
+    if result.best:
+        log.info("best %s = %.4f at step %d, saved to %s", metric, result.best["value"], result.best["step"], run_dir / "best")
+    return FinetuneResult(run_dir, result.steps, result.seconds, result.last_eval, result.best, spec)
