@@ -265,9 +265,8 @@ def test_version_and_help(runner):
     result = invoke(runner, "--version")
     assert result.exit_code == 0 and result.stdout.strip() == f"lmtune {__version__}"
     listed = invoke(runner, "--help").stdout
-    assert "pretrain" in listed and "config" in listed
-    for unfinished in ("finetune", "predict"):
-        assert unfinished not in listed
+    for command in ("pretrain", "finetune", "eval", "predict", "config"):
+        assert command in listed
 
 
 def test_config_show_prints_the_resolved_config(tmp_path, runner, monkeypatch):

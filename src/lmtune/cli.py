@@ -219,6 +219,40 @@ def eval_(
     _guarded(run)
 
 
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="A fine-tuned classifier dir (e.g. runs/NAME/best).")],
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
+    input_file: Annotated[str | None, typer.Option("--input", help="A .txt (one text per line), .jsonl, .csv or .tsv file; - reads stdin.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Write JSON lines here instead of stdout.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per batch.")] = 64,
+    text_column: Annotated[str, typer.Option("--text-column", help="Column holding the text in .jsonl/.csv input.")] = "text",
+    all_scores: Annotated[bool, typer.Option("--all-scores", help="Include the score of every label.")] = False,
+    device: DeviceOption = None,
+) -> None:
+    """Classify texts with a fine-tuned checkpoint; prints one JSON object per text."""
+    import json
+
+    from lmtune import devices, ui
+
+    ui.setup_logging(False)
+
+    def run() -> None:
+        from lmtune.stages.predict import load_classifier, predict as run_predict, read_inputs
+
+        placement = devices.resolve(device or "auto", "fp32")
+        items = read_inputs(list(texts or []), input_file, text_column)
+        model, tokenizer, info = load_classifier(str(checkpoint), placement.device)
+        results = run_predict(model, tokenizer, info, items, batch_size=batch_size, all_scores=all_scores, device=placement.device)
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+        if output is None:
+            sys.stdout.write(lines)
+        else:
+            output.write_text(lines, encoding="utf-8")
+
+    _guarded(run)
+
+
 @config_app.command("show")
 def config_show(
     config: Annotated[Path, typer.Argument(help="The YAML config.")],

@@ -173,6 +173,9 @@ def load_checkpoint_tokenizer(checkpoint: str) -> PreTrainedTokenizerBase:
             raise ConfigError(f"model.checkpoint={checkpoint!r} does not exist: point it at a checkpoint dir such as runs/NAME/final")
         if not (path / "config.json").is_file():
             raise ConfigError(f"model.checkpoint={checkpoint!r} is not a model dir (no config.json in it)")
+        # transformers builds an empty tokenizer rather than failing when the files are missing
+        if not any((path / name).is_file() for name in ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")):
+            raise ConfigError(f"model.checkpoint={checkpoint!r} has no tokenizer files (tokenizer.json, vocab.txt ...)")
     try:
         return AutoTokenizer.from_pretrained(checkpoint)
     except (OSError, ValueError, KeyError) as exc:

@@ -20,7 +20,7 @@ import torch
 
 from lmtune import data, devices, engine, runs
 from lmtune.config import Config, to_yaml
-from lmtune.errors import ConfigError, RunDirError
+from lmtune.errors import ConfigError, DataError, RunDirError
 from lmtune.labels import LabelSpec, class_weights, encode, infer_spec
 from lmtune.metrics import SELECTION_DEFAULTS, greater_is_better
 from lmtune.modeling import check_compatible, classification_loss, classifier_outputs, load_for_finetuning
@@ -46,25 +46,28 @@ def columns(cfg: Config) -> list[str]:
     return [d.text_column, *([d.text_pair_column] if d.text_pair_column else []), d.label_column]
 
 
-def load_splits(cfg: Config) -> tuple[Any, Any, list[Path]]:
-    """Training and validation rows; without validation files, a seeded stratified split of train."""
-    d = cfg.data
+def load_splits(cfg: Config) -> tuple[Any, Any, LabelSpec, list[Path]]:
+    """Training and validation rows and the label spec (inferred from all training labels, checked
+    before any split); without validation files, a seeded split of train, stratified when it can be."""
+    d, f = cfg.data, cfg.finetune
     train, files = data.load_table(d.train, "data.train", columns(cfg), d.cache_dir)
+    spec = infer_spec(train[d.label_column], f.problem, "data.train", d.label_column)
     if d.validation:
         val, val_files = data.load_table(d.validation, "data.validation", columns(cfg), d.cache_dir)
-        return train, val, files + val_files
+        return train, val, spec, files + val_files
     from sklearn.model_selection import train_test_split
 
-    labels = train[d.label_column]
-    hashable = [tuple(v) if isinstance(v, list) else v for v in labels]
-    counts = {v: hashable.count(v) for v in set(hashable)} if len(set(map(repr, hashable))) < len(hashable) else {}
-    stratify = hashable if counts and min(counts.values()) >= 2 and not isinstance(labels[0], float) else None
-    if len(train) < 4:
-        raise ConfigError(f"data.train has {len(train)} rows: too few to hold out validation; give data.validation")
-    idx_train, idx_val = train_test_split(
-        np.arange(len(train)), test_size=d.validation_fraction, random_state=cfg.seed, stratify=stratify
-    )
-    return train.select(np.sort(idx_train)), train.select(np.sort(idx_val)), files
+    n_val = max(1, round(len(train) * d.validation_fraction))
+    if len(train) - n_val < 2:
+        raise DataError(f"data.train has {len(train)} rows: too few to hold out validation; give data.validation files")
+    stratify = None
+    if spec.problem == "single_label":
+        labels = [str(v) for v in train[d.label_column]]
+        counts = [labels.count(n) for n in spec.names]
+        if min(counts) >= 2 and n_val >= len(spec.names):
+            stratify = labels
+    idx_train, idx_val = train_test_split(np.arange(len(train)), test_size=n_val, random_state=cfg.seed, stratify=stratify)
+    return train.select(np.sort(idx_train)), train.select(np.sort(idx_val)), spec, files
 
 
 def layerwise_groups(model: torch.nn.Module, weight_decay: float, decay: float | None) -> list[dict[str, Any]] | None:
@@ -99,8 +102,7 @@ def finetune(cfg: Config, overwrite: bool = False, resume: bool = False, display
     d, f = cfg.data, cfg.finetune
     checkpoint = cfg.model.checkpoint or ""
     tokenizer = load_checkpoint_tokenizer(checkpoint)
-    train_rows, val_rows, files = load_splits(cfg)
-    spec = infer_spec(train_rows[d.label_column], f.problem, "data.train", d.label_column)
+    train_rows, val_rows, spec, files = load_splits(cfg)
     how = "inferred from the label column" if f.problem == "auto" else "as configured"
     log.info("problem: %s (%s)%s", spec.problem, how, f", {len(spec.names)} labels: {', '.join(spec.names[:10])}" if spec.names else "")
     y_train = encode(train_rows[d.label_column], spec, "data.train", d.label_column)

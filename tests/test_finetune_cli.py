@@ -1,0 +1,176 @@
+"""`lmtune finetune` and `lmtune eval` end to end: pretrain tiny -> finetune -> eval, on fixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, invoke, write_config
+
+CHECKPOINT_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """A tiny BERT pretrained briefly on text that covers the fixtures' vocabulary."""
+    from typer.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("pretrained")
+    config = write_config(
+        root / "pretrain.yaml",
+        output_dir=str(root / "run"),
+        device="cpu",
+        model={"preset": "tiny", "hidden_size": 64, "intermediate_size": 128},
+        tokenizer={"vocab_size": 256},
+        data={"train": [str(FIXTURES / "animals.txt"), str(FIXTURES / "reviews" / "train.jsonl")], "txt_unit": "line", "max_length": 32},
+        train={"batch_size": 16, "max_steps": 20, "eval_every": None, "save_every": None},
+    )
+    result = invoke(CliRunner(), "pretrain", config)
+    assert result.exit_code == 0, result.output
+    return root / "run" / "final"
+
+
+def finetune_config(tmp_path: Path, checkpoint: Path, task: str, ext: str = "jsonl", **data) -> Path:
+    folder = FIXTURES / task
+    return write_config(
+        tmp_path / f"{task}.yaml",
+        output_dir=str(tmp_path / "run"),
+        seed=0,
+        device="cpu",
+        model={"checkpoint": str(checkpoint)},
+        data={
+            "train": [str(folder / f"train.{ext}")],
+            "validation": [str(folder / f"validation.{ext}")],
+            "test": [str(folder / f"test.{ext}")],
+            "max_length": 32,
+            **data,
+        },
+        train={"batch_size": 16, "lr": 1.0e-3, "epochs": 3, "eval_every": "epoch", "save_every": None, "log_every": 10},
+    )
+
+
+@pytest.mark.slow
+def test_finetune_then_eval_a_learnable_task(tmp_path, runner, pretrained):
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    config = finetune_config(tmp_path, pretrained, "reviews")
+    result = invoke(runner, "finetune", config)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "manifest.json", "metrics.jsonl", "best", "final"}
+    assert {p.name for p in (run / "best").iterdir()} == CHECKPOINT_FILES
+    assert json.loads((run / "manifest.json").read_text())["problem"] == "single_label"
+
+    result = invoke(runner, "eval", config)
+    assert result.exit_code == 0, result.output
+    out = run / "eval-test"
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "predictions.jsonl", "confusion_matrix.png"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.9  # chance is 0.5
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == metrics["n"] == 120
+    agree = sum(p["gold"] == p["predicted"] for p in predictions) / len(predictions)
+    assert agree == pytest.approx(metrics["accuracy"])
+    assert sum(sum(row) for row in metrics["confusion_matrix"]) == 120
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # best/ is an ordinary classifier with the real label names
+    model = AutoModelForSequenceClassification.from_pretrained(run / "best")
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    classify = pipeline("text-classification", model=str(run / "best"), device="cpu")
+    assert classify("a wonderful superb film")[0]["label"] == "positive"
+    assert classify("an awful dreadful film")[0]["label"] == "negative"
+
+    # lmtune predict agrees with the pipeline and keeps the input order
+    texts = ["an awful dreadful film", "a wonderful superb film", "the trip was grim and nasty"]
+    result = invoke(runner, "predict", run / "best", *texts, "--all-scores")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["text"] for r in rows] == texts
+    assert [r["label"] for r in rows] == [classify(t)[0]["label"] for t in texts] == ["negative", "positive", "negative"]
+    assert all(abs(sum(r["scores"].values()) - 1) < 1e-5 for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("task", "ext", "data", "sets", "metric", "threshold"),
+    [
+        ("multilabel", "jsonl", {}, ["train.epochs=4"], "f1_micro", 0.8),
+        ("regression", "jsonl", {}, ["train.epochs=4"], "pearson", 0.8),
+        # same/different word list across the two texts: only learnable by attending across the pair
+        ("pairs", "csv", {"text_column": "first", "text_pair_column": "second"}, ["train.epochs=15", "train.lr=2e-3"], "accuracy", 0.65),
+    ],
+)
+def test_other_problems_end_to_end(tmp_path, runner, pretrained, task, ext, data, sets, metric, threshold):
+    config = finetune_config(tmp_path, pretrained, task, ext, **data)
+    result = invoke(runner, "finetune", config, *[arg for s in sets for arg in ("--set", s)])
+    assert result.exit_code == 0, result.output
+    expected = {"multilabel": "multi_label", "regression": "regression", "pairs": "single_label"}[task]
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["problem"] == expected
+    result = invoke(runner, "eval", config)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "eval-test" / "metrics.json").read_text())
+    assert metrics[metric] >= threshold, metrics
+
+
+def test_eval_of_a_masked_lm_gives_perplexity(tmp_path, runner, pretrained):
+    result = invoke(runner, "eval", pretrained, "--data", FIXTURES / "animals.txt", "--set", "data.txt_unit=line",
+                    "--set", "data.max_length=32", "--output-dir", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["kind"] == "masked-lm"
+    assert 1.0 < metrics["perplexity"] < 256  # better than uniform over the vocabulary
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: clear message, exit code 2, nothing written
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("rows", "validation", "extra", "message"),
+    [
+        ([{"text": "a b", "stars": 1}] * 8, None, [], "its columns are text, stars"),
+        ([{"text": "good", "label": "x"}, {"text": "bad", "label": "y"}] * 4, [{"text": "ok", "label": "z"}] * 2, [], "never had: 'z'"),
+        ([{"text": "good", "label": "x"}] * 8, None, [], "at least two classes"),
+        ([{"text": "good", "label": "x"}, {"text": "bad", "label": 3}] * 4, None, [], "mixes label types"),
+        ([{"text": "good", "label": 0.5}, {"text": "bad", "label": "high"}] * 4, None, ["--set", "finetune.problem=regression"], "not a number"),
+        ([{"text": "good", "label": None}, {"text": "bad", "label": "y"}] * 4, None, [], "has no label"),
+    ],
+    ids=["missing-column", "unseen-label", "single-class", "mixed-types", "non-numeric-regression", "missing-label"],
+)
+def test_bad_labelled_data(tmp_path, runner, pretrained, rows, validation, extra, message):
+    data = {"train": [_jsonl(tmp_path / "train.jsonl", rows)], "max_length": 32}
+    if validation:
+        data["validation"] = [_jsonl(tmp_path / "val.jsonl", validation)]
+    config = write_config(tmp_path / "c.yaml", output_dir=str(tmp_path / "run"), model={"checkpoint": str(pretrained)},
+                          data=data, train={"max_steps": 2})
+    result = invoke(runner, "finetune", config, *extra)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_checkpoint_that_is_not_a_model(tmp_path, runner):
+    (tmp_path / "notamodel").mkdir()
+    config = write_config(tmp_path / "c.yaml", output_dir=str(tmp_path / "run"),
+                          model={"checkpoint": str(tmp_path / "notamodel")},
+                          data={"train": [str(FIXTURES / "reviews" / "train.jsonl")]}, train={"max_steps": 2})
+    result = invoke(runner, "finetune", config)
+    assert result.exit_code == 2
+    assert "no config.json" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_checkpoint_is_refused_quickly_offline(tmp_path, runner):
+    config = write_config(tmp_path / "c.yaml", output_dir=str(tmp_path / "run"), model={"checkpoint": "some-org/some-model"},
+                          data={"train": [str(FIXTURES / "reviews" / "train.jsonl")]}, train={"max_steps": 2})
+    result = invoke(runner, "finetune", config)
+    assert result.exit_code == 2
+    assert "hub is not reachable" in result.stderr
