@@ -266,10 +266,21 @@ def prepare(args: argparse.Namespace, workdir: Path):
 # lmtune side
 
 
+def make_masker(cfg, tokenizer, vocab_size: int):
+    """The Masker that `lmtune pretrain` builds (its builder moved from stages/pretrain.py to data.py)."""
+    from lmtune import data
+
+    if hasattr(data, "build_masker"):
+        return data.build_masker(tokenizer, vocab_size, cfg.mlm)
+    from lmtune.stages import pretrain
+
+    return pretrain.build_masker(cfg, tokenizer, vocab_size)
+
+
 def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path) -> dict:
     from lmtune import data, engine, runs
     from lmtune.modeling import build_mlm, check_compatible, mlm_loss
-    from lmtune.stages.pretrain import _save, build_masker
+    from lmtune.stages.pretrain import _save
     from lmtune.ui import TrainingDisplay
 
     class StepClock(TrainingDisplay):
@@ -290,7 +301,7 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path) -> dict:
 
     model = build_mlm(cfg.model, tokenizer, cfg.seed)
     check_compatible(model, tokenizer, cfg.data.max_length)
-    masker = build_masker(cfg, tokenizer, model.config.vocab_size)
+    masker = make_masker(cfg, tokenizer, model.config.vocab_size)
     t = cfg.train
     step_tokens: list[int] = []
     step_masked: list[int] = []

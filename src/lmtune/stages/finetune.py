@@ -18,14 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmtune import data, devices, engine, runs
-from lmtune.config import Config, to_yaml
-from lmtune.errors import ConfigError, DataError, RunDirError
+from lmtune import data, engine, runs
+from lmtune.config import Config
+from lmtune.errors import ConfigError, DataError
 from lmtune.labels import LabelSpec, class_weights, encode, infer_spec
 from lmtune.metrics import SELECTION_DEFAULTS, greater_is_better
-from lmtune.modeling import check_compatible, classification_loss, classifier_outputs, load_for_finetuning
-from lmtune.stages.evaluate import score_predictions
+from lmtune.modeling import check_compatible, classification_loss, load_for_finetuning
+from lmtune.stages.evaluate import predict_scores, score_predictions
 from lmtune.tokenization import load_checkpoint_tokenizer
+from lmtune.stages.common import open_run, place_run, run_training
 from lmtune.ui import TrainingDisplay
 
 log = logging.getLogger(__name__)
@@ -90,15 +91,7 @@ def layerwise_groups(model: torch.nn.Module, weight_decay: float, decay: float |
 
 def finetune(cfg: Config, overwrite: bool = False, resume: bool = False, display: TrainingDisplay | None = None) -> FinetuneResult:
     """Run a whole fine-tuning job described by `cfg` (validated for the finetune stage)."""
-    placement = devices.resolve(cfg.device, cfg.precision)
-    log.info("device: %s, precision: %s (%s)", placement.device, placement.precision, placement.reason)
-    out = Path(cfg.output_dir or "")
-    resume_from = engine.latest_checkpoint(out) if resume else None
-    if resume and resume_from is None:
-        raise RunDirError(f"--resume: {out} holds no complete checkpoint to resume: run without --resume")
-    if not resume:
-        runs.check_output_dir(out, overwrite)
-
+    placement, out, resume_from = place_run(cfg, resume, overwrite)
     d, f = cfg.data, cfg.finetune
     checkpoint = cfg.model.checkpoint or ""
     tokenizer = load_checkpoint_tokenizer(checkpoint)
@@ -134,23 +127,22 @@ def finetune(cfg: Config, overwrite: bool = False, resume: bool = False, display
         log.info("class weights: %s", ", ".join(f"{n}={w:.3g}" for n, w in zip(spec.names, weights.tolist())))
     metric = f.select_metric or SELECTION_DEFAULTS[spec.problem]
 
-    run_dir = out if resume else runs.prepare_output_dir(out, overwrite)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    runs.write_manifest(
-        run_dir,
+    run_dir = open_run(
+        cfg,
+        out,
+        overwrite,
+        resume_from,
         command="finetune",
-        seed=cfg.seed,
         placement=placement.as_dict(),
         checkpoint=checkpoint,
         problem=spec.problem,
         labels=list(spec.names),
         data={"fingerprint": data.fingerprint(files), "files": len(files), "train_rows": len(train_rows), "validation_rows": len(val_rows)},
-        resumed_from=str(resume_from) if resume_from else None,
     )
 
     t = cfg.train
     pad_id = tokenizer.pad_token_id
-    train_lengths, val_lengths = train_enc.lengths, val_enc.lengths
+    train_lengths = train_enc.lengths
     n_batches = -(-len(train_lengths) // t.batch_size)
 
     def batches(epoch: int, first: int):
@@ -159,12 +151,8 @@ def finetune(cfg: Config, overwrite: bool = False, resume: bool = False, display
             yield data.pad_batch(train_enc, rows, pad_id)
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
-        groups = data.sorted_batches(val_lengths, t.batch_size * 2)
-        scores = classifier_outputs(model, (data.pad_batch(val_enc, rows, pad_id) for rows in groups), placement.device)
-        order = np.concatenate(groups)
-        restored = np.empty_like(scores)
-        restored[order] = scores
-        results = score_predictions(restored, y_val, spec)
+        scores = predict_scores(model, val_enc, pad_id, t.batch_size * 2, placement.device)
+        results = score_predictions(scores, y_val, spec)
         # undefined metrics (None, e.g. pearson of constant predictions) become nan: "not better"
         return {k: float("nan") if v is None else v for k, v in results.items() if v is None or isinstance(v, (int, float))}
 
@@ -185,11 +173,7 @@ def finetune(cfg: Config, overwrite: bool = False, resume: bool = False, display
         patience=f.patience,
         param_groups=layerwise_groups(model, t.weight_decay, f.layerwise_lr_decay),
     )
-    metrics_log = runs.MetricsLog(run_dir / "metrics.jsonl")
-    try:
-        result = engine.train(task, t, placement, run_dir, metrics_log, display, resume_from)
-    finally:
-        metrics_log.close()
+    result = run_training(task, cfg, placement, run_dir, display, resume_from)
     if result.best:
         log.info("best %s = %.4f at step %d, saved to %s", metric, result.best["value"], result.best["step"], run_dir / "best")
     return FinetuneResult(run_dir, result.steps, result.seconds, result.last_eval, result.best, spec)

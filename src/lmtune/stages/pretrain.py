@@ -21,11 +21,12 @@ import datasets
 import tokenizers
 import torch
 
-from lmtune import data, devices, engine, runs
-from lmtune.config import Config, to_yaml
-from lmtune.errors import DataError, RunDirError
+from lmtune import data, engine, runs
+from lmtune.config import Config
+from lmtune.errors import DataError
 from lmtune.modeling import build_mlm, check_compatible, evaluate_mlm, mlm_loss
 from lmtune.tokenization import load_tokenizer, train_tokenizer
+from lmtune.stages.common import open_run, place_run, run_training
 from lmtune.ui import TrainingDisplay
 
 log = logging.getLogger(__name__)
@@ -117,16 +118,7 @@ def pretrain(
     Raises:
         LmtuneError: for any problem with the config, data, device or output dir (before writing).
     """
-    placement = devices.resolve(cfg.device, cfg.precision)
-    log.info("device: %s, precision: %s (%s)", placement.device, placement.precision, placement.reason)
-    out = Path(cfg.output_dir or "")
-    resume_from = None
-    if resume:
-        resume_from = engine.latest_checkpoint(out)
-        if resume_from is None:
-            raise RunDirError(f"--resume: {out} holds no complete checkpoint to resume: run without --resume")
-    else:
-        runs.check_output_dir(out, overwrite)
+    placement, out, resume_from = place_run(cfg, resume, overwrite)
 
     train_ds, val_ds, files = load_corpus(cfg)
     tokenizer = build_tokenizer(cfg, train_ds)
@@ -139,12 +131,12 @@ def pretrain(
     )
     train_blocks, val_blocks = pack(cfg, tokenizer, train_ds, val_ds)
 
-    run_dir = out if resume else runs.prepare_output_dir(out, overwrite)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    runs.write_manifest(
-        run_dir,
+    run_dir = open_run(
+        cfg,
+        out,
+        overwrite,
+        resume_from,
         command="pretrain",
-        seed=cfg.seed,
         placement=placement.as_dict(),
         data={
             "fingerprint": data.fingerprint(files),
@@ -155,7 +147,6 @@ def pretrain(
         },
         model={"arch": cfg.model.arch, "parameters": n_params, "vocab_size": model.config.vocab_size},
         tokenizer_size=len(tokenizer),
-        resumed_from=str(resume_from) if resume_from else None,
     )
 
     masker = data.build_masker(tokenizer, model.config.vocab_size, cfg.mlm)
@@ -181,11 +172,7 @@ def pretrain(
         unit="tokens",
         evaluate=evaluate,
     )
-    metrics = runs.MetricsLog(run_dir / "metrics.jsonl")
-    try:
-        result = engine.train(task, t, placement, run_dir, metrics, display, resume_from)
-    finally:
-        metrics.close()
+    result = run_training(task, cfg, placement, run_dir, display, resume_from)
     log.info("saved the model and tokenizer to %s", run_dir / "final")
     return PretrainResult(run_dir=run_dir, steps=result.steps, seconds=result.seconds, metrics=result.last_eval)
 
