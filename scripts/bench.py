@@ -22,7 +22,9 @@ reference). The two sides alternate (ABBA order) for `--repeats` rounds; medians
 On a shared machine other processes' CPU use ruins every number here (with 2 threads on 2 busy cores
 a step gets several times slower), so before each round and each run the script waits up to
 `--wait-idle` seconds for the CPUs to be idle, and it reports the share of CPU time other processes
-used during each run (from /proc/stat minus its own CPU time), warning when it exceeds 5%.
+used during each run (from /proc/stat minus its own CPU time); a repeat in which that exceeded 5% in
+either run is left out of the medians (unless all were). On an idle 2-core machine the default run
+takes about 3.5 minutes.
 
 Run it from the repository root:
 
@@ -44,7 +46,6 @@ import sys
 import tempfile
 import time
 import warnings
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -280,7 +281,6 @@ def make_masker(cfg, tokenizer, vocab_size: int):
 def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path) -> dict:
     from lmtune import data, engine, runs
     from lmtune.modeling import build_mlm, check_compatible, mlm_loss
-    from lmtune.stages.pretrain import _save
     from lmtune.ui import TrainingDisplay
 
     class StepClock(TrainingDisplay):
@@ -319,7 +319,7 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path) -> dict:
         batches=batches,
         batches_per_epoch=len(blocks) // t.batch_size,
         loss=mlm_loss,
-        save=partial(_save, tokenizer=tokenizer),
+        save=lambda m, path: runs.save_hf_checkpoint(m, tokenizer, path),  # what pretrain's _save does
         count=count,
         unit="tokens",
         evaluate=None,  # no evaluation, not even the one at the end
@@ -537,9 +537,17 @@ def main(argv: list[str] | None = None) -> int:
         lm_flops = flops_per_token(lm_model, args.seq_len, head_fraction=lm_masked)
         ref_flops = flops_per_token(ref_model, args.seq_len, head_fraction=1.0)
 
-    lm_tps = statistics.median(r["lmtune"]["tokens_per_s"] for r in rounds)
-    ref_tps = statistics.median(r["reference"]["tokens_per_s"] for r in rounds)
-    peak = statistics.median(r["matmul_gflops"]["peak"] for r in rounds)
+    # a round in which other processes took more than 5% of the CPUs during either run measures them,
+    # not us: leave it out of the medians, unless every round was disturbed
+    def disturbed(r: dict) -> bool:
+        return any((r[side]["foreign_cpu_share"] or 0.0) > 0.05 for side in ("lmtune", "reference"))
+
+    clean = [r for r in rounds if not disturbed(r)] or rounds
+    for r in rounds:
+        r["used_in_medians"] = any(r is c for c in clean)
+    lm_tps = statistics.median(r["lmtune"]["tokens_per_s"] for r in clean)
+    ref_tps = statistics.median(r["reference"]["tokens_per_s"] for r in clean)
+    peak = statistics.median(r["matmul_gflops"]["peak"] for r in clean)
     lm_mfu = lm_tps * lm_flops["per_token"] / (peak * 1e9)
     ref_mfu = ref_tps * ref_flops["per_token"] / (peak * 1e9)
     total = time.perf_counter() - started
@@ -571,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             "bf16_peak_gflops": peak,
             "lmtune_mfu": lm_mfu,
             "reference_mfu": ref_mfu,
+            "rounds_used": len(clean),
         },
         "total_s": total,
         "foreign_cpu_share": foreign,
@@ -594,15 +603,20 @@ def main(argv: list[str] | None = None) -> int:
     ]
     width = max(len(k) for k, _ in rows)
     vwidth = max(len(v) for _, v in rows)
-    print(f"\nmedians over {args.repeats} repeats, {args.steps} measured steps each, preset {args.preset}, "
+    left_out = len(rounds) - len(clean)
+    print(f"\nmedians over {len(clean)} of {args.repeats} repeats"
+          + (f" ({left_out} left out: other processes used over 5% of the CPUs)" if left_out else "")
+          + f", {args.steps} measured steps each, preset {args.preset}, "
           f"batch {args.batch_size} x {args.seq_len}, bf16, {torch.get_num_threads()} threads")
     print("-" * (width + vwidth + 3))
     for k, v in rows:
         print(f"{k:<{width}}   {v:>{vwidth}}")
     print("-" * (width + vwidth + 3))
     print(f"total time {total:.0f} s" + ("" if foreign is None else f"; other processes used {100 * foreign:.0f}% of the CPUs meanwhile"))
-    if foreign is not None and foreign > 0.05:
-        print("WARNING: other processes competed for the CPUs during the benchmark: rerun it on an idle machine")
+    if len(clean) == len(rounds) and any(disturbed(r) for r in rounds):
+        print("WARNING: other processes competed for the CPUs in every repeat: rerun the benchmark on an idle machine")
+    elif foreign is not None and foreign > 0.05:
+        print("note: other processes used the CPUs during part of the benchmark; the disturbed repeats are left out")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
         print(f"wrote {args.json}")
