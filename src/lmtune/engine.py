@@ -354,13 +354,13 @@ def train(
                 if log_now:
                     metrics.write({k: v for k, v in record.items() if k != "max_steps"})
                     window_start, window_units, window_loss, window_steps = now, 0, 0.0, 0
+                paused = time.perf_counter()  # evaluation and saving do not count against throughput
                 if task.evaluate and eval_interval and step % eval_interval == 0 and not done:
                     if run_eval():
                         done, stopped_by = True, "early stopping"
-                    window_start = time.perf_counter()
                 if cfg.save_every and step % cfg.save_every == 0 and not done:
                     save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last)
-                    window_start = time.perf_counter()
+                window_start += time.perf_counter() - paused
                 if done:
                     break
             epoch += 1
