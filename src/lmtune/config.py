@@ -63,6 +63,9 @@ class ModelSection(_Section):
     dropout: float | None = Field(
         None, ge=0.0, lt=1.0, description="hidden and attention dropout; null: 0 for pretraining (Cramming)"
     )
+    attention: Literal["auto", "eager", "sdpa"] = Field(
+        "auto", description="attention kernel; auto: eager on the CPU (faster there at these sizes), sdpa elsewhere"
+    )
     hf_config: dict[str, Any] = Field(
         default_factory=dict, description="any other field of BertConfig/RobertaConfig, set as is"
     )

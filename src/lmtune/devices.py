@@ -118,4 +118,5 @@ def resolve(device: str = "auto", precision: str = "auto") -> Placement:
     note = ""
     if precision == "bf16" and kind == "cpu" and not cpu_has_native_bf16():
         note = " (this CPU emulates bf16: expect it to be slower than fp32)"
-    return Placement(dev, precision, f"{why}; precision {precision} requested{note}")
+    where = "device requested" if why == "requested" else why
+    return Placement(dev, precision, f"{where}; precision {precision} requested{note}")

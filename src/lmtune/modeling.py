@@ -65,6 +65,14 @@ def build_mlm(m: ModelSection, tokenizer: PreTrainedTokenizerBase, seed: int) ->
     return model
 
 
+def use_attention(model: PreTrainedModel, choice: str, device: Any) -> str:
+    """Switch the attention kernel: `auto` means eager on the CPU, where PyTorch's fused SDPA
+    backward is slower for BERT-sized heads (measured in docs/benchmarks.md), and SDPA elsewhere."""
+    kind = choice if choice != "auto" else ("eager" if getattr(device, "type", device) == "cpu" else "sdpa")
+    model.set_attn_implementation(kind)
+    return kind
+
+
 def check_compatible(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
     """Refuse a tokenizer and model config that disagree (vocab, special ids, position limit)."""
     cfg = model.config
@@ -107,7 +115,7 @@ def mlm_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[to
         batch: `input_ids` (B, L) with masks applied, `labels` (B, L) with -100 where nothing is predicted.
 
     Returns:
-        (mean loss, stats) where stats holds `masked` (count) and `correct` (argmax hits), as tensors.
+        (mean loss, stats) where stats holds `masked` (count) and, in eval mode, `correct` (argmax hits).
     """
     input_ids, labels = batch["input_ids"], batch["labels"]
     hidden = model.base_model(input_ids=input_ids).last_hidden_state  # (B, L, H); packed: no padding mask
@@ -115,9 +123,10 @@ def mlm_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[to
     logits = mlm_head(model)(hidden[selected])  # (N, V): the head runs on masked positions only
     targets = labels[selected]  # (N,)
     loss = F.cross_entropy(logits.float(), targets)
-    with torch.no_grad():
-        correct = (logits.argmax(dim=-1) == targets).sum()
-    return loss, {"masked": targets.new_tensor(targets.numel()), "correct": correct}
+    stats = {"masked": targets.new_tensor(targets.numel())}
+    if not model.training:  # accuracy is for evaluation; training steps skip the argmax
+        stats["correct"] = (logits.argmax(dim=-1) == targets).sum()
+    return loss, stats
 
 
 def evaluate_mlm(model: PreTrainedModel, batches: Iterable[dict[str, torch.Tensor]], device: torch.device) -> dict[str, float]:

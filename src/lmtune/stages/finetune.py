@@ -23,7 +23,7 @@ from lmtune.config import Config
 from lmtune.errors import ConfigError, DataError
 from lmtune.labels import LabelSpec, class_weights, encode, infer_spec
 from lmtune.metrics import SELECTION_DEFAULTS, greater_is_better
-from lmtune.modeling import check_compatible, classification_loss, load_for_finetuning
+from lmtune.modeling import use_attention, check_compatible, classification_loss, load_for_finetuning
 from lmtune.stages.evaluate import predict_scores, score_predictions
 from lmtune.tokenization import load_checkpoint_tokenizer
 from lmtune.stages.common import open_run, place_run, run_training
@@ -105,6 +105,7 @@ def finetune(cfg: Config, overwrite: bool = False, resume: bool = False, display
     model, note = load_for_finetuning(checkpoint, spec, cfg.model.dropout)
     log.info("model: %s", note)
     check_compatible(model, tokenizer, d.max_length)
+    log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device))
     if f.freeze_embeddings:
         for param in model.base_model.embeddings.parameters():
             param.requires_grad_(False)

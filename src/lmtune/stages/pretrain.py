@@ -24,7 +24,7 @@ import torch
 from lmtune import data, engine, runs
 from lmtune.config import Config
 from lmtune.errors import DataError
-from lmtune.modeling import build_mlm, check_compatible, evaluate_mlm, mlm_loss
+from lmtune.modeling import use_attention, build_mlm, check_compatible, evaluate_mlm, mlm_loss
 from lmtune.tokenization import load_tokenizer, train_tokenizer
 from lmtune.stages.common import open_run, place_run, run_training
 from lmtune.ui import TrainingDisplay
@@ -124,6 +124,7 @@ def pretrain(
     tokenizer = build_tokenizer(cfg, train_ds)
     model = build_mlm(cfg.model, tokenizer, cfg.seed)
     check_compatible(model, tokenizer, cfg.data.max_length)
+    log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device))
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "model: %s, %d layers x %d wide, vocab %d, %.2fM parameters",
