@@ -1,0 +1,57 @@
+"""Model helpers: the MLM loss, attention kernels and layer-wise learning rates."""
+
+from __future__ import annotations
+
+import torch
+from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+
+from lmtune.modeling import IGNORE_INDEX, mlm_loss, use_attention
+from lmtune.stages.finetune import layerwise_groups
+
+SIZES = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def test_mlm_loss_matches_the_full_head_loss_of_transformers():
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(**SIZES)).eval()
+    ids = torch.randint(5, 128, (4, 16))
+    labels = torch.where(torch.rand(4, 16) < 0.3, ids, torch.full_like(ids, IGNORE_INDEX))
+    ours, stats = mlm_loss(model, {"input_ids": ids, "labels": labels})
+    theirs = model(input_ids=ids, labels=labels).loss
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert int(stats["masked"]) == int((labels != IGNORE_INDEX).sum())
+    assert 0 <= int(stats["correct"]) <= int(stats["masked"])
+
+
+def test_eager_and_sdpa_attention_agree_on_padded_batches():
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(**SIZES, num_labels=3)).eval()
+    ids = torch.randint(5, 128, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+    ids[mask == 0] = 0
+    assert use_attention(model, "sdpa", torch.device("cpu")) == "sdpa"
+    with torch.no_grad():
+        sdpa = model(input_ids=ids, attention_mask=mask).logits
+    assert use_attention(model, "auto", torch.device("cpu")) == "eager"
+    with torch.no_grad():
+        eager = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(sdpa, eager, atol=1e-5)
+
+
+def test_layerwise_lr_decay_scales_lower_layers_down():
+    model = BertForSequenceClassification(BertConfig(**SIZES, num_labels=2))
+    groups = layerwise_groups(model, weight_decay=0.01, decay=0.5)
+    scale_of = {}
+    for group in groups:
+        for param in group["params"]:
+            scale_of[id(param)] = group["lr_scale"]
+    named = dict(model.named_parameters())
+    assert scale_of[id(named["classifier.weight"])] == 1.0
+    assert scale_of[id(named["bert.encoder.layer.1.output.dense.weight"])] == 0.5
+    assert scale_of[id(named["bert.encoder.layer.0.output.dense.weight"])] == 0.25
+    assert scale_of[id(named["bert.embeddings.word_embeddings.weight"])] == 0.125
+    assert len(scale_of) == len(named)  # every parameter in exactly one group
+    decays = {g["weight_decay"] for g in groups if any(p.ndim < 2 for p in g["params"])}
+    assert decays == {0.0}
