@@ -174,3 +174,20 @@ def test_missing_checkpoint_is_refused_quickly_offline(tmp_path, runner):
     result = invoke(runner, "finetune", config)
     assert result.exit_code == 2
     assert "hub is not reachable" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("broken.jsonl", '{"text": "good", "label": "x"}\n{"text": "bad", "label": \n{"text": "ok", "label": "y"}\n', "line 2 is not valid JSON"),
+        ("ragged.csv", "text,label\ngood,x\nbad,y,extra\n", "Expected 2 fields in line 3"),
+    ],
+)
+def test_malformed_files_name_the_line(tmp_path, runner, pretrained, name, content, message):
+    (tmp_path / name).write_text(content)
+    config = write_config(tmp_path / "c.yaml", output_dir=str(tmp_path / "run"), model={"checkpoint": str(pretrained)},
+                          data={"train": [str(tmp_path / name)]}, train={"max_steps": 2})
+    result = invoke(runner, "finetune", config)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert not (tmp_path / "run").exists()

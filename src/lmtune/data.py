@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import glob
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -169,12 +170,30 @@ def _read_files(files: list[Path], key: str, txt_unit: str, cache_dir: str | Non
             ds = datasets.load_dataset(
                 builder, data_files=[str(p) for p in paths], split="train", cache_dir=cache_dir, **kwargs
             )
-        except Exception as exc:  # pyarrow/json parse errors: name the files
-            names = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
-            cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DataError(f"{key}: could not read {names}: {cause}") from None
+        except Exception as exc:  # pyarrow/pandas/json parse errors: name the file and, where we can, the line
+            raise DataError(f"{key}: {_read_failure(paths, exc)}") from None
         parts.append((ds, paths))
     return parts
+
+
+def _read_failure(paths: list[Path], exc: Exception) -> str:
+    """The most specific description of why a group of files could not be read."""
+    for path in paths:
+        if path.suffix.lower() == ".jsonl":
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                for number, line in enumerate(handle, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        json.loads(line)
+                    except json.JSONDecodeError as err:
+                        return f"{path} line {number} is not valid JSON ({err.msg}): fix or remove that line"
+    deepest: BaseException = exc
+    while deepest.__cause__ is not None or deepest.__context__ is not None:
+        deepest = deepest.__cause__ or deepest.__context__  # type: ignore[assignment]
+    message = str(deepest).strip().splitlines()[-1] if str(deepest).strip() else type(deepest).__name__
+    names = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+    return f"could not read {names}: {message}"
 
 
 def load_texts(

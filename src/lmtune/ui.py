@@ -33,7 +33,7 @@ def setup_logging(verbose: bool = False) -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # read errors reach the user as DataError
     if not console.is_terminal:
         datasets.disable_progress_bars()
 
