@@ -326,3 +326,15 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, runner):
     assert result.exit_code == 0, result.output
     steps = [r["step"] for r in read_metrics(metrics) if r["type"] == "train"]
     assert steps[-1] == saved_step + 2
+
+
+def test_resume_refuses_config_drift_unless_forced(tmp_path, runner):
+    config = tiny_config(tmp_path, train={"batch_size": 16, "lr": 2.0e-3, "max_steps": 4, "save_every": 2, "eval_every": None})
+    assert invoke(runner, "pretrain", config).exit_code == 0
+    result = invoke(runner, "pretrain", config, "--resume", "--set", "train.lr=0.1")
+    assert result.exit_code == 2
+    assert "train.lr: 0.002 -> 0.1" in result.stderr and "--force" in result.stderr
+    # budget changes are fine
+    assert invoke(runner, "pretrain", config, "--resume", "--set", "train.max_steps=6").exit_code == 0
+    result = invoke(runner, "pretrain", config, "--resume", "--set", "train.lr=0.1", "--set", "train.max_steps=8", "--force")
+    assert result.exit_code == 0, result.output

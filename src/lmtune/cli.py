@@ -41,6 +41,7 @@ DeviceOption = Annotated[str | None, typer.Option("--device", help="auto | cpu |
 PrecisionOption = Annotated[str | None, typer.Option("--precision", help="auto | fp32 | bf16 | fp16 (overrides precision).")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an output dir that already holds a run.")]
 ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in the output dir.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="With --resume: accept a config that changes what the run computes.")]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Log more detail.")]
 
 
@@ -101,6 +102,7 @@ def pretrain(
     device: DeviceOption = None,
     precision: PrecisionOption = None,
     resume: ResumeOption = False,
+    force: ForceOption = False,
     overwrite: OverwriteOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -118,7 +120,7 @@ def pretrain(
         from lmtune.stages.pretrain import pretrain as run_pretrain
 
         cfg = load_config(config, set_ or [], stage="pretrain", values=_flag_values(output_dir, device, precision))
-        result = run_pretrain(cfg, overwrite=overwrite, resume=resume, display=ui.TrainingDisplay())
+        result = run_pretrain(cfg, overwrite=overwrite, resume=resume, display=ui.TrainingDisplay(), force=force)
         ui.summary_table(
             "pretraining done",
             {
@@ -144,6 +146,7 @@ def finetune(
     device: DeviceOption = None,
     precision: PrecisionOption = None,
     resume: ResumeOption = False,
+    force: ForceOption = False,
     overwrite: OverwriteOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -161,7 +164,7 @@ def finetune(
         from lmtune.stages.finetune import finetune as run_finetune
 
         cfg = load_config(config, set_ or [], stage="finetune", values=_flag_values(output_dir, device, precision))
-        result = run_finetune(cfg, overwrite=overwrite, resume=resume, display=ui.TrainingDisplay())
+        result = run_finetune(cfg, overwrite=overwrite, resume=resume, display=ui.TrainingDisplay(), force=force)
         rows: dict[str, Any] = {"run dir": str(result.run_dir), "problem": result.spec.problem, "steps": result.steps}
         if result.best:
             rows[f"best {result.best['metric']}"] = result.best["value"]

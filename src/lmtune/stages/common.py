@@ -15,8 +15,44 @@ from lmtune.ui import TrainingDisplay
 log = logging.getLogger(__name__)
 
 
-def place_run(cfg: Config, resume: bool, overwrite: bool) -> tuple[Placement, Path, Path | None]:
-    """Resolve the device and check the output dir before any work: (placement, out, checkpoint to resume)."""
+# keys a resumed run may change: they bound or report the run, but do not change what it computes
+RESUMABLE_CHANGES = {
+    "train.max_steps", "train.max_minutes", "train.epochs", "train.log_every", "train.eval_every",
+    "train.save_every", "train.keep_last", "train.num_threads", "data.num_proc", "data.cache_dir",
+}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_drift(cfg: Config, run_dir: Path) -> list[str]:
+    """What the new config changes, against the run's config.yaml, beyond the budget and cadence."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return []
+    from lmtune.config import yaml_load
+
+    old = _flatten(yaml_load(saved_path.read_text()) or {})
+    new = _flatten(cfg.model_dump(mode="json"))
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if key not in RESUMABLE_CHANGES and old.get(key) != new.get(key)
+    ]
+
+
+def place_run(cfg: Config, resume: bool, overwrite: bool, force: bool = False) -> tuple[Placement, Path, Path | None]:
+    """Resolve the device and check the output dir before any work: (placement, out, checkpoint to resume).
+
+    Resuming with a config that changes what training computes is refused (with the diff) unless `force`.
+    """
     placement = devices.resolve(cfg.device, cfg.precision)
     log.info("device: %s, precision: %s (%s)", placement.device, placement.precision, placement.reason)
     out = Path(cfg.output_dir or "")
@@ -26,6 +62,14 @@ def place_run(cfg: Config, resume: bool, overwrite: bool) -> tuple[Placement, Pa
     resume_from = engine.latest_checkpoint(out)
     if resume_from is None:
         raise RunDirError(f"--resume: {out} holds no complete checkpoint to resume: run without --resume")
+    drift = config_drift(cfg, out)
+    if drift and not force:
+        raise RunDirError(
+            "--resume: the config changes what this run computes:\n  " + "\n  ".join(drift)
+            + "\nundo those changes (only budget and cadence keys such as train.max_steps may change), or add --force"
+        )
+    if drift:
+        log.warning("resuming with a changed config (--force): %s", "; ".join(drift))
     return placement, out, resume_from
 
 

@@ -89,9 +89,11 @@ def layerwise_groups(model: torch.nn.Module, weight_decay: float, decay: float |
     return [g for scale, params in sorted(by_scale.items()) for g in engine.default_param_groups(params, weight_decay, scale)]
 
 
-def finetune(cfg: Config, overwrite: bool = False, resume: bool = False, display: TrainingDisplay | None = None) -> FinetuneResult:
+def finetune(
+    cfg: Config, overwrite: bool = False, resume: bool = False, display: TrainingDisplay | None = None, force: bool = False
+) -> FinetuneResult:
     """Run a whole fine-tuning job described by `cfg` (validated for the finetune stage)."""
-    placement, out, resume_from = place_run(cfg, resume, overwrite)
+    placement, out, resume_from = place_run(cfg, resume, overwrite, force)
     d, f = cfg.data, cfg.finetune
     checkpoint = cfg.model.checkpoint or ""
     tokenizer = load_checkpoint_tokenizer(checkpoint)

@@ -111,14 +111,14 @@ def pack(cfg: Config, tokenizer: Any, train_ds: Any, val_ds: Any) -> tuple[torch
 
 
 def pretrain(
-    cfg: Config, overwrite: bool = False, resume: bool = False, display: TrainingDisplay | None = None
+    cfg: Config, overwrite: bool = False, resume: bool = False, display: TrainingDisplay | None = None, force: bool = False
 ) -> PretrainResult:
     """Run a whole pretraining job described by `cfg` (validated for the pretrain stage).
 
     Raises:
         LmtuneError: for any problem with the config, data, device or output dir (before writing).
     """
-    placement, out, resume_from = place_run(cfg, resume, overwrite)
+    placement, out, resume_from = place_run(cfg, resume, overwrite, force)
 
     train_ds, val_ds, files = load_corpus(cfg)
     tokenizer = build_tokenizer(cfg, train_ds)
