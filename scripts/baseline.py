@@ -27,7 +27,8 @@ def read_split(folder: Path, name: str, text: str = "text", label: str = "label"
     path = folder / f"{name}.jsonl"
     if not path.is_file():
         sys.exit(f"error: {path} is missing: fetch the data first (scripts/fetch_data.py)")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    with open(path, encoding="utf-8") as handle:  # not splitlines(): texts may hold U+2028 and friends
+        rows = [json.loads(line) for line in handle if line.strip()]
     return [str(r[text]) for r in rows], [str(r[label]) for r in rows]
 
 

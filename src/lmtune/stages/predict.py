@@ -182,7 +182,7 @@ def read_inputs(texts: list[str], input_file: str | None, text_column: str = "te
         return list(texts)
     if input_file == "-":
         try:
-            lines = sys.stdin.read().splitlines()
+            lines = _lines(sys.stdin.read())
         except UnicodeDecodeError:
             raise DataError("stdin is not UTF-8 text: convert it, e.g. `iconv -f latin1 -t utf-8`") from None
         found = [line for line in lines if line.strip()]
@@ -197,7 +197,7 @@ def read_inputs(texts: list[str], input_file: str | None, text_column: str = "te
             raise DataError(f"--input {input_file} has an unsupported type {suffix!r}: use one of {' '.join(INPUT_SUFFIXES)}")
         check_text_file(path)  # binary or non-UTF-8 content fails here, naming the byte offset
         if suffix == ".txt":
-            found = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+            found = [line for line in _lines(path.read_text(encoding="utf-8-sig")) if line.strip()]
         elif suffix == ".jsonl":
             found = _read_jsonl(path, text_column)
         else:
@@ -206,6 +206,11 @@ def read_inputs(texts: list[str], input_file: str | None, text_column: str = "te
     if not found:
         raise DataError(f"{source} holds no text to predict")
     return found
+
+
+def _lines(text: str) -> list[str]:
+    """Split on newlines only (str.splitlines also splits inside a text at U+2028, U+0085 and others)."""
+    return [line.rstrip("\r") for line in text.split("\n")]
 
 
 def _read_jsonl(path: Path, column: str) -> list[str]:
