@@ -1,35 +1,62 @@
-"""Benchmark lmtune's pretraining step against a Hugging Face `Trainer` reference, on the CPU in bf16.
+"""Benchmark lmtune against Hugging Face references on the CPU: pretraining, fine-tuning, prediction.
 
-What it measures, all in one process and on the same data:
+Three benchmarks, chosen with `--what` (default all three), each reported as lmtune / reference:
 
-* lmtune: `lmtune.engine.train` driven by a `Task` built the way `stages/pretrain.py` builds it
-  (`build_mlm` model with pretraining dropout 0, `Masker` masks, `mlm_loss` with the vocabulary head on
-  masked positions only, bf16 autocast from `devices.resolve("cpu", "bf16")`, fused AdamW, clipping),
-  with evaluation and checkpoints off.
-* reference: `transformers.Trainer` + `TrainingArguments(bf16=True, use_cpu=True)` +
-  `DataCollatorForLanguageModeling(mlm_probability=0.15)` on a stock `BertForMaskedLM` of the same sizes
-  and vocabulary (the default `BertConfig` dropout of 0.1, the head on every position).
-* a bf16 matrix-multiply peak (`torch.matmul` on square bf16 matrices), and from it lmtune's model-FLOP
-  utilisation (MFU).
+* pretrain: tokens/s of one optimizer step of masked-LM pretraining, in bf16.
+  - lmtune: `lmtune.engine.train` driven by a `Task` built the way `stages/pretrain.py` builds it
+    (`build_mlm` model with pretraining dropout 0, `use_attention(model, "auto", cpu)` (eager on the
+    CPU), `Masker` masks, `mlm_loss` with the vocabulary head on masked positions only, bf16 autocast
+    from `devices.resolve("cpu", "bf16")`, fused AdamW, clipping), with evaluation and checkpoints off.
+  - reference: `transformers.Trainer` + `TrainingArguments(bf16=True, use_cpu=True)` +
+    `DataCollatorForLanguageModeling(mlm_probability=0.15)` on a stock `BertForMaskedLM` of the same
+    sizes and vocabulary (default `BertConfig` dropout 0.1, default attention, the head on every position).
+  - plus a bf16 matrix-multiply peak (`torch.matmul` on square bf16 matrices) and lmtune's model-FLOP
+    utilisation (MFU) against it.
+  Both train on the same packed blocks (a WordPiece tokenizer trained on samples/moby-dick/*.txt, blocks
+  from `lmtune.data.pack_blocks`).
+* finetune: samples/s of one optimizer step of text-classifier fine-tuning, in bf16.
+  - data: the Moby-Dick sample split into sentences (3,000-odd, 3 to 200-odd words; longer ones are
+    truncated at `--seq-len`), labelled `whale` when the sentence contains "whale", else `other`.
+  - checkpoint: a freshly initialised (not pretrained) `BertForMaskedLM` of `--preset` size (standard
+    `BertConfig`: dropout 0.1) with a WordPiece tokenizer trained by `lmtune.tokenization.train_tokenizer`
+    on the same text (`model_max_length` = `--seq-len`), saved to a temporary dir. Both sides load it as a
+    classifier with a new 2-way head (and pooler), seeded alike, and check that their initial weights match.
+  - lmtune: the pieces `stages/finetune.py` uses: `load_for_finetuning`, `check_compatible`,
+    `use_attention(model, "auto", cpu)`, `data.encode_rows` (no padding), `length_grouped_batches` +
+    `pad_batch` (each batch padded to its longest row), `classification_loss`, `engine.train` (bf16
+    autocast, fused AdamW, clipping) with evaluation and checkpoints off.
+  - reference: `Trainer(bf16=True, use_cpu=True)` on `AutoModelForSequenceClassification` from the same
+    dir, the rows tokenized run_glue.py-style (`truncation=True, max_length`, no padding) and batched by
+    `DataCollatorWithPadding` in the default random order (no length grouping; `--ref-sampling
+    group_by_length` switches on the Trainer's `LengthGroupedSampler` for comparison).
+* predict: texts/s of classifying `--predict-texts` sentences end to end (texts in, labels out), fp32,
+  the model already loaded, both in the order given.
+  - lmtune: `lmtune.stages.predict.predict` (length-sorted batches) on `load_classifier`'s model, with
+    `lmtune predict`'s precision (fp32) and `--batch-size` texts per batch.
+  - reference: `transformers.pipeline("text-classification", model=dir, device="cpu",
+    batch_size=--batch-size)` called with `truncation=True, max_length=--seq-len`.
+  - the classifier: the one lmtune fine-tuned in the first finetune run (or, with `--what predict` alone,
+    the fresh classifier). The script reports how often the two sides agree on the top label.
 
-Both sides train on the same packed blocks (one WordPiece tokenizer trained on samples/moby-dick/*.txt,
-blocks from `lmtune.data.pack_blocks`), with the same batch size, sequence length, precision and number
-of measured optimizer steps. Each training run does `--warmup` extra steps first; only the steps after
-them are timed (wall clock from the end of the last warmup step to the end of the last step, taken by a
-per-step hook on each side: `TrainingDisplay.update` in lmtune, `TrainerCallback.on_step_end` in the
-reference). The two sides alternate (ABBA order) for `--repeats` rounds; medians are reported.
+Training runs do `--warmup` (or `--ft-warmup`) untimed steps first; only the steps after them are timed
+(wall clock from the end of the last warmup step to the end of the last step, taken by a per-step hook on
+each side: `TrainingDisplay.update` in lmtune, `TrainerCallback.on_step_end` in the reference). Each
+benchmark alternates the two sides (ABBA order) for `--repeats` rounds (`--predict-repeats` for predict,
+after one untimed pass per side); medians are reported.
 
 On a shared machine other processes' CPU use ruins every number here (with 2 threads on 2 busy cores
 a step gets several times slower), so before each round and each run the script waits up to
 `--wait-idle` seconds for the CPUs to be idle, and it reports the share of CPU time other processes
 used during each run (from /proc/stat minus its own CPU time); a repeat in which that exceeded 5% in
-either run is left out of the medians (unless all were). On an idle 2-core machine the default run
-takes about 3.5 minutes.
+either run is left out of the medians (unless all were) and replaced by an extra repeat, at most
+`--retries` per benchmark. On an idle 2-core machine the default run (all three) takes about 6 minutes;
+on a busy one, much longer.
 
 Run it from the repository root:
 
-    .venv/bin/python scripts/bench.py                       # mini preset, 30 steps, 3 repeats
-    .venv/bin/python scripts/bench.py --preset tiny --steps 20 --repeats 5 --threads 2 --json bench.json
+    .venv/bin/python scripts/bench.py                       # all three, mini preset, 3 repeats
+    .venv/bin/python scripts/bench.py --what finetune,predict --json bench.json
+    .venv/bin/python scripts/bench.py --what pretrain --preset tiny --steps 20 --repeats 5 --threads 2
 """
 
 from __future__ import annotations
@@ -41,6 +68,8 @@ import json
 import logging
 import os
 import platform
+import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -52,17 +81,36 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "samples" / "moby-dick" / "*.txt"
+BENCHMARKS = ("pretrain", "finetune", "predict")
+# the speed targets of the performance issue: lmtune / reference
+TARGETS = {"pretrain": 2.0, "finetune": 1.5, "predict": 1.5}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--what", default=",".join(BENCHMARKS),
+        help=f"comma-separated benchmarks to run, from {','.join(BENCHMARKS)} (default all three)",
+    )
     p.add_argument("--preset", choices=("tiny", "mini", "small"), default="mini", help="model size (default mini)")
-    p.add_argument("--steps", type=int, default=30, help="measured optimizer steps per run, both sides (default 30)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps at the start of every run (default 5)")
-    p.add_argument("--repeats", type=int, default=3, help="rounds of (lmtune, reference), alternating (default 3)")
+    p.add_argument("--steps", type=int, default=30, help="pretrain: measured optimizer steps per run, both sides (default 30)")
+    p.add_argument("--warmup", type=int, default=5, help="pretrain: untimed steps at the start of every run (default 5)")
+    p.add_argument("--ft-steps", type=int, default=40, help="finetune: measured optimizer steps per run (default 40)")
+    p.add_argument("--ft-warmup", type=int, default=5, help="finetune: untimed steps at the start of every run (default 5)")
+    p.add_argument("--repeats", type=int, default=3, help="pretrain and finetune: rounds of (lmtune, reference), alternating (default 3)")
+    p.add_argument("--predict-texts", type=int, default=2000, help="predict: texts classified per run (default 2000)")
+    p.add_argument("--predict-repeats", type=int, default=4, help="predict: rounds of (lmtune, reference), alternating (default 4)")
+    p.add_argument(
+        "--ref-sampling", choices=("random", "group_by_length"), default="random",
+        help="finetune: the reference Trainer's train_sampling_strategy (default random, the Trainer's default)",
+    )
+    p.add_argument(
+        "--retries", type=int, default=2,
+        help="extra repeats per benchmark, run only to replace repeats that other processes disturbed (default 2)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per step (default 32)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per step / texts per batch (default 32)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence; the truncation length for finetune/predict (default 128)")
     p.add_argument("--vocab", type=int, default=8192, help="tokenizer vocabulary target (default 8192)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -72,8 +120,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--json", type=Path, default=None, help="write all results to this JSON file")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 1 or args.repeats < 1:
-        p.error("--steps, --warmup and --repeats must be at least 1")
+    what = [w.strip() for w in args.what.split(",") if w.strip()]
+    unknown = [w for w in what if w not in BENCHMARKS]
+    if unknown or not what:
+        p.error(f"--what: {', '.join(unknown) or 'nothing'} is not among {', '.join(BENCHMARKS)}")
+    args.what = [w for w in BENCHMARKS if w in what]  # fixed order, no duplicates
+    if args.retries < 0:
+        p.error("--retries must be at least 0")
+    if min(args.steps, args.warmup, args.repeats, args.ft_steps, args.ft_warmup, args.predict_repeats) < 1:
+        p.error("--steps, --warmup, --ft-steps, --ft-warmup, --repeats and --predict-repeats must be at least 1")
+    if args.predict_texts < args.batch_size:
+        p.error("--predict-texts must be at least --batch-size")
     return args
 
 
@@ -163,9 +220,18 @@ def matmul_gflops(n: int, reps: int = 10) -> float:
     return statistics.median(rates)
 
 
-def matmul_peak() -> dict[str, float]:
+def matmul_peak() -> dict[str, float | None]:
+    """The bf16 matmul rate at two sizes, and the share of the CPUs other processes used meanwhile."""
+    probe = ForeignLoad()
     sizes = {f"{n}": matmul_gflops(n) for n in (1024, 2048)}
-    return {**sizes, "peak": max(sizes.values())}
+    return {**sizes, "peak": max(sizes.values()), "foreign_cpu_share": probe.share()}
+
+
+def best_peak(peaks: list[dict]) -> float:
+    """The fastest of the peak measurements taken while other processes left the CPUs idle (all of them
+    when none was): a busy machine lowers the peak and would inflate the MFU."""
+    quiet = [p["peak"] for p in peaks if (p["foreign_cpu_share"] or 0.0) <= 0.05]
+    return max(quiet or [p["peak"] for p in peaks])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,25 +333,11 @@ def prepare(args: argparse.Namespace, workdir: Path):
 # lmtune side
 
 
-def make_masker(cfg, tokenizer, vocab_size: int):
-    """The Masker that `lmtune pretrain` builds (its builder moved from stages/pretrain.py to data.py)."""
-    from lmtune import data
-
-    if hasattr(data, "build_masker"):
-        return data.build_masker(tokenizer, vocab_size, cfg.mlm)
-    from lmtune.stages import pretrain
-
-    return pretrain.build_masker(cfg, tokenizer, vocab_size)
-
-
-def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path) -> dict:
-    from lmtune import data, engine, runs
-    from lmtune.modeling import build_mlm, check_compatible, mlm_loss
+def lmtune_step_clock():
+    """The engine's display, used as a per-step clock: `update` runs after every optimizer step."""
     from lmtune.ui import TrainingDisplay
 
     class StepClock(TrainingDisplay):
-        """The engine's display, used as a per-step clock: `update` runs after every optimizer step."""
-
         def __init__(self) -> None:
             super().__init__(live=False)
             self.times: list[float] = []
@@ -299,8 +351,27 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path) -> dict:
             if log_line:
                 self.losses.append(record["loss"])
 
+    return StepClock()
+
+
+def make_masker(cfg, tokenizer, vocab_size: int):
+    """The Masker that `lmtune pretrain` builds (its builder moved from stages/pretrain.py to data.py)."""
+    from lmtune import data
+
+    if hasattr(data, "build_masker"):
+        return data.build_masker(tokenizer, vocab_size, cfg.mlm)
+    from lmtune.stages import pretrain
+
+    return pretrain.build_masker(cfg, tokenizer, vocab_size)
+
+
+def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path) -> dict:
+    from lmtune import data, engine, runs
+    from lmtune.modeling import build_mlm, check_compatible, mlm_loss, use_attention
+
     model = build_mlm(cfg.model, tokenizer, cfg.seed)
     check_compatible(model, tokenizer, cfg.data.max_length)
+    attention = use_attention(model, cfg.model.attention, placement.device)  # as stages/pretrain.py does
     masker = make_masker(cfg, tokenizer, model.config.vocab_size)
     t = cfg.train
     step_tokens: list[int] = []
@@ -325,7 +396,7 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path) -> dict:
         evaluate=None,  # no evaluation, not even the one at the end
     )
     run_dir = Path(tempfile.mkdtemp(prefix="lmtune-", dir=workdir))
-    clock = StepClock()
+    clock = lmtune_step_clock()
     metrics = runs.MetricsLog(run_dir / "metrics.jsonl")
     try:
         result = engine.train(task, t, placement, run_dir, metrics, clock)
@@ -344,15 +415,31 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path) -> dict:
         "masked_fraction": masked / tokens,
         "step_ms_median": 1000 * statistics.median(b - a for a, b in zip(clock.times[w - 1 :], clock.times[w:])),
         "last_loss": clock.losses[-1] if clock.losses else None,
+        "attention": attention,
         "threads": torch.get_num_threads(),
     }
     del task, model
+    shutil.rmtree(run_dir, ignore_errors=True)
     gc.collect()
     return out
 
 
 # ----------------------------------------------------------------------------------------------
 # Hugging Face reference side
+
+
+def trainer_step_clock():
+    """A Trainer callback that records the time at the end of every optimizer step."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter())
+
+    return StepClock()
 
 
 def run_reference(args, cfg, tokenizer, blocks, hf_dataset, workdir: Path) -> dict:
@@ -362,19 +449,11 @@ def run_reference(args, cfg, tokenizer, blocks, hf_dataset, workdir: Path) -> di
         DataCollatorForLanguageModeling,
         PrinterCallback,
         Trainer,
-        TrainerCallback,
         TrainingArguments,
     )
 
     from lmtune.config import resolved_model_sizes
     from lmtune.tokenization import round_up
-
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter())
 
     step_tokens: list[int] = []
     step_masked: list[int] = []
@@ -416,7 +495,7 @@ def run_reference(args, cfg, tokenizer, blocks, hf_dataset, workdir: Path) -> di
         dataloader_drop_last=True,  # full batches only, as lmtune's training batches
         seed=cfg.seed,
     )
-    clock = StepClock()
+    clock = trainer_step_clock()
     trainer = Trainer(model=model, args=targs, data_collator=collate, train_dataset=hf_dataset, callbacks=[clock])
     trainer.remove_callback(PrinterCallback)  # it prints the end-of-training metrics dict to stdout
 
@@ -444,11 +523,700 @@ def run_reference(args, cfg, tokenizer, blocks, hf_dataset, workdir: Path) -> di
         "step_ms_median": 1000 * statistics.median(b - a for a, b in zip(clock.times[w - 1 :], clock.times[w:])),
         "last_loss": result.training_loss,
         "compute_dtype": str(seen[0]) if seen else None,
+        "attention": model.config._attn_implementation,
         "threads": torch.get_num_threads(),
     }
     del trainer, model
     gc.collect()
     return out
+
+
+
+
+# ----------------------------------------------------------------------------------------------
+# Classification data and checkpoint, shared by the finetune and predict benchmarks
+
+SENTENCE_END = re.compile(r"(?<=[.!?;])\s+(?=[A-Z\"'\u201c\u2018\u2014(])")
+
+
+def moby_dick_sentences() -> tuple[list[str], list[str]]:
+    """(paragraphs, sentences) of the sample: paragraphs split at blank lines, sentences at . ! ? ;
+    followed by a capital or an opening quote; sentences under 3 words are dropped."""
+    files = sorted(glob.glob(str(CORPUS)))
+    if not files:
+        sys.exit(f"no text found at {CORPUS}")
+    paragraphs = []
+    for path in files:
+        for block in re.split(r"\n\s*\n", Path(path).read_text(encoding="utf-8")):
+            text = " ".join(block.split())
+            if text:
+                paragraphs.append(text)
+    sentences = [s for p in paragraphs for s in SENTENCE_END.split(p) if len(s.split()) >= 3]
+    return paragraphs, sentences
+
+
+class Classification:
+    """The labelled sentences, the checkpoint dir both sides load, and each side's tokenized copy."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        import datasets
+        from transformers import BertConfig, BertForMaskedLM
+
+        from lmtune import config as lcfg
+        from lmtune import data
+        from lmtune.config import ModelSection, resolved_model_sizes
+        from lmtune.labels import encode, infer_spec
+        from lmtune.tokenization import load_checkpoint_tokenizer, round_up, train_tokenizer
+
+        self.max_length = args.seq_len
+        paragraphs, self.texts = moby_dick_sentences()
+        self.labels = ["whale" if "whale" in t.lower() else "other" for t in self.texts]
+        self.spec = infer_spec(self.labels, "auto", "bench", "label")
+        self.targets = encode(self.labels, self.spec, "bench", "label")
+
+        # the checkpoint: a fresh masked LM with a standard config (dropout 0.1) and its own tokenizer
+        t0 = time.perf_counter()
+        tokenizer = train_tokenizer(iter(paragraphs), "bert", args.vocab, max_length=args.seq_len)
+        sizes = resolved_model_sizes(ModelSection(preset=args.preset))
+        config = BertConfig(vocab_size=round_up(len(tokenizer), 64), pad_token_id=tokenizer.pad_token_id, **sizes)
+        torch.manual_seed(args.seed)
+        self.checkpoint = workdir / "mlm-checkpoint"
+        BertForMaskedLM(config).save_pretrained(self.checkpoint)
+        tokenizer.save_pretrained(self.checkpoint)
+        self.build_s = time.perf_counter() - t0
+
+        # lmtune's copy: what stages/finetune.py does (the checkpoint's tokenizer, encode_rows, no padding)
+        self.tokenizer = load_checkpoint_tokenizer(str(self.checkpoint))
+        self.encoded = data.encode_rows(self.tokenizer, self.texts, None, args.seq_len, self.targets)
+        self.lengths = self.encoded.lengths
+        # the reference's copy: run_glue.py-style preprocessing of a datasets.Dataset (truncate, no padding)
+        from transformers import AutoTokenizer
+
+        ref_tokenizer = AutoTokenizer.from_pretrained(str(self.checkpoint))
+        raw = datasets.Dataset.from_dict({"text": self.texts, "label": self.targets.tolist()})
+        self.hf_train = raw.map(
+            lambda b: ref_tokenizer(b["text"], padding=False, max_length=args.seq_len, truncation=True),
+            batched=True, remove_columns=["text"],
+        )
+        self.ref_tokenizer = ref_tokenizer
+        ref_lengths = [len(x) for x in self.hf_train["input_ids"]]
+        if ref_lengths != self.lengths.tolist():
+            raise RuntimeError("lmtune and the reference tokenize the sentences differently")
+
+        # the finetune run's settings: finetune/base.yaml's lr and warmup, no evaluation, no checkpoints
+        self.cfg = lcfg.validate(
+            {
+                "seed": args.seed,
+                "device": "cpu",
+                "precision": "bf16",
+                "train": {
+                    "batch_size": args.batch_size,
+                    "max_steps": args.ft_warmup + args.ft_steps,
+                    "lr": 1.0e-4,
+                    "warmup": 0.1,
+                    "scheduler": "linear",
+                    "eval_every": None,
+                    "save_every": None,
+                    "num_threads": args.threads,
+                },
+            }
+        )
+        rng = torch.Generator().manual_seed(args.seed)
+        pick = torch.randperm(len(self.texts), generator=rng)[: args.predict_texts].tolist()
+        self.predict_texts = [self.texts[i] for i in pick]  # a seeded sample, in random order
+        self.predict_lengths = [int(self.lengths[i]) for i in pick]
+        self.classifier_dir: Path | None = None  # set by the first lmtune finetune run
+
+    def info(self) -> dict:
+        lengths = self.lengths
+        return {
+            "sentences": len(self.texts),
+            "whale_share": float(self.targets.mean()),
+            "labels": list(self.spec.names),
+            "tokens_median": float(statistics.median(lengths.tolist())),
+            "tokens_mean": float(lengths.mean()),
+            "truncated_share": float((lengths >= self.max_length).mean()),
+            "tokenizer_size": len(self.tokenizer),
+            "checkpoint_build_s": self.build_s,
+        }
+
+
+def weights_checksum(model: torch.nn.Module) -> float:
+    """A checksum of every weight (the loaded encoder and the freshly initialised pooler and head):
+    equal on both sides when they start from the same weights."""
+    return sum(float(p.detach().double().abs().sum()) for p in model.parameters())
+
+
+def run_lmtune_finetune(args, cls: Classification, placement, workdir: Path) -> dict:
+    from lmtune import data, engine, runs
+    from lmtune.modeling import check_compatible, classification_loss, load_for_finetuning, use_attention
+
+    torch.manual_seed(args.seed)
+    model, _ = load_for_finetuning(str(cls.checkpoint), cls.spec, None)  # dropout: the checkpoint's (0.1)
+    check_compatible(model, cls.tokenizer, args.seq_len)
+    attention = use_attention(model, "auto", placement.device)  # the default model.attention
+    checksum = weights_checksum(model)
+    t = cls.cfg.train
+    pad_id = cls.tokenizer.pad_token_id
+    enc, lengths = cls.encoded, cls.lengths
+    step_tokens: list[int] = []
+    step_real: list[int] = []
+    step_rows: list[int] = []
+
+    def batches(epoch: int, first: int):  # as stages/finetune.py
+        order = data.length_grouped_batches(lengths, t.batch_size, cls.cfg.seed, epoch)
+        for rows in order[first:]:
+            yield data.pad_batch(enc, rows, pad_id)
+
+    def count(batch) -> int:
+        step_tokens.append(batch["input_ids"].numel())
+        step_real.append(int(batch["attention_mask"].sum()))
+        step_rows.append(int(batch["input_ids"].shape[0]))  # each window's last batch may be short
+        return int(batch["input_ids"].shape[0])
+
+    task = engine.Task(
+        model=model,
+        batches=batches,
+        batches_per_epoch=-(-len(lengths) // t.batch_size),
+        loss=lambda m, b: classification_loss(m, b, cls.spec.problem, None),
+        save=lambda m, path: runs.save_hf_checkpoint(m, cls.tokenizer, path),
+        count=count,
+        unit="samples",
+        evaluate=None,
+    )
+    run_dir = Path(tempfile.mkdtemp(prefix="lmtune-ft-", dir=workdir))
+    clock = lmtune_step_clock()
+    metrics = runs.MetricsLog(run_dir / "metrics.jsonl")
+    try:
+        result = engine.train(task, t, placement, run_dir, metrics, clock)
+    finally:
+        metrics.close()
+    w, n = args.ft_warmup, args.ft_steps
+    if result.steps != w + n or len(clock.times) != w + n:
+        raise RuntimeError(f"lmtune ran {result.steps} steps ({len(clock.times)} timed), expected {w + n}")
+    seconds = clock.times[-1] - clock.times[w - 1]
+    samples = sum(step_rows[w : w + n])
+    out = {
+        "samples_per_s": samples / seconds,
+        "seconds": seconds,
+        "samples": samples,
+        "padded_tokens": sum(step_tokens[w : w + n]),
+        "real_tokens": sum(step_real[w : w + n]),
+        "step_ms_median": 1000 * statistics.median(b - a for a, b in zip(clock.times[w - 1 :], clock.times[w:])),
+        "last_loss": clock.losses[-1] if clock.losses else None,
+        "attention": attention,
+        "init_checksum": checksum,
+        "threads": torch.get_num_threads(),
+    }
+    if cls.classifier_dir is None:  # keep the first fine-tuned classifier for the predict benchmark
+        cls.classifier_dir = run_dir / "final"
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    del task, model
+    gc.collect()
+    return out
+
+
+def run_reference_finetune(args, cls: Classification, workdir: Path) -> dict:
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
+
+    from lmtune.labels import HF_PROBLEM_TYPES
+
+    torch.manual_seed(args.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(cls.checkpoint),
+        num_labels=cls.spec.num_labels,
+        id2label=cls.spec.id2label,
+        label2id=cls.spec.label2id,
+        problem_type=HF_PROBLEM_TYPES[cls.spec.problem],
+    )
+    checksum = weights_checksum(model)
+    collator = DataCollatorWithPadding(tokenizer=cls.ref_tokenizer)
+    step_tokens: list[int] = []
+    step_real: list[int] = []
+    step_rows: list[int] = []
+
+    def collate(features):
+        batch = collator(features)
+        step_tokens.append(batch["input_ids"].numel())
+        step_real.append(int(batch["attention_mask"].sum()))
+        step_rows.append(int(batch["input_ids"].shape[0]))
+        return batch
+
+    t = cls.cfg.train
+    targs = TrainingArguments(
+        output_dir=str(Path(tempfile.mkdtemp(prefix="hf-ft-", dir=workdir))),
+        bf16=True,
+        use_cpu=True,
+        per_device_train_batch_size=t.batch_size,
+        max_steps=args.ft_warmup + args.ft_steps,
+        learning_rate=t.lr,
+        weight_decay=t.weight_decay,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        adam_epsilon=t.adam_eps,
+        max_grad_norm=t.max_grad_norm,
+        lr_scheduler_type="linear",
+        warmup_steps=t.warmup,  # a fraction of max_steps, as lmtune's
+        train_sampling_strategy=args.ref_sampling,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=10**6,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=args.seed,
+    )
+    clock = trainer_step_clock()
+    trainer = Trainer(model=model, args=targs, data_collator=collate, train_dataset=cls.hf_train, callbacks=[clock])
+    trainer.remove_callback(PrinterCallback)
+    seen: list[torch.dtype] = []
+    probe = model.bert.encoder.layer[0].attention.self.query.register_forward_hook(
+        lambda mod, inp, out: seen.append(out.dtype) if not seen else None
+    )
+    result = trainer.train()
+    probe.remove()
+    w, n = args.ft_warmup, args.ft_steps
+    if result.global_step != w + n or len(clock.times) != w + n:
+        raise RuntimeError(f"reference ran {result.global_step} steps ({len(clock.times)} timed), expected {w + n}")
+    seconds = clock.times[-1] - clock.times[w - 1]
+    samples = sum(step_rows[w : w + n])
+    out = {
+        "samples_per_s": samples / seconds,
+        "seconds": seconds,
+        "samples": samples,
+        "padded_tokens": sum(step_tokens[w : w + n]),
+        "real_tokens": sum(step_real[w : w + n]),
+        "step_ms_median": 1000 * statistics.median(b - a for a, b in zip(clock.times[w - 1 :], clock.times[w:])),
+        "last_loss": result.training_loss,
+        "compute_dtype": str(seen[0]) if seen else None,
+        "attention": model.config._attn_implementation,
+        "init_checksum": checksum,
+        "threads": torch.get_num_threads(),
+    }
+    del trainer, model
+    gc.collect()
+    return out
+
+
+def fresh_classifier(cls: Classification, workdir: Path) -> Path:
+    """The checkpoint with a new (untrained) head, saved as a classifier: for `--what predict` alone."""
+    from lmtune import runs
+    from lmtune.modeling import load_for_finetuning
+
+    torch.manual_seed(0)
+    model, _ = load_for_finetuning(str(cls.checkpoint), cls.spec, None)
+    path = workdir / "fresh-classifier"
+    runs.save_hf_checkpoint(model, cls.tokenizer, path)
+    return path
+
+
+def batch_padding(lengths: list[int], batch_size: int) -> int:
+    """Tokens fed to the model when `lengths` are batched in this order and padded per batch."""
+    return sum(max(lengths[i : i + batch_size]) * len(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size))
+
+
+# ----------------------------------------------------------------------------------------------
+# Running the two sides in alternation
+
+
+def abba(args, label: str, sides: dict, repeats: int, rate_key: str, unit: str, before_run=None, detail=None) -> list[dict]:
+    """Run `sides` ("lmtune", "reference": callables returning a dict with `rate_key`) for `repeats`
+    rounds in ABBA order, waiting for idle CPUs before each round and run; return the rounds.
+    `before_run`, when given, runs after each wait and its dict goes into the round under "before_<side>"."""
+    rounds = []
+    r = 0
+    while sum(not disturbed(x) for x in rounds) < repeats and r < repeats + args.retries:
+        if r >= repeats:
+            print(f"  (a repeat was disturbed by other processes: extra repeat {r + 1 - repeats} of at most {args.retries})", flush=True)
+        note = wait_until_idle(args.wait_idle) if args.wait_idle else None
+        if note:
+            print(f"  ({note})", flush=True)
+        round_load = ForeignLoad()
+        order = ("lmtune", "reference") if r % 2 == 0 else ("reference", "lmtune")
+        row: dict = {"order": order}
+        for side in order:
+            torch.manual_seed(args.seed)
+            note = wait_until_idle(args.wait_idle) if args.wait_idle else None
+            if note:
+                print(f"  ({note})", flush=True)
+            if before_run:
+                row[f"before_{side}"] = before_run()
+            run_load = ForeignLoad()
+            t0 = time.perf_counter()
+            row[side] = sides[side]()
+            share = row[side]["foreign_cpu_share"] = run_load.share()
+            print(
+                f"  {side:<9} {row[side][rate_key]:>9,.0f} {unit}/s"
+                + (f", {detail(row[side])}" if detail else "")
+                + f" (run took {time.perf_counter() - t0:.0f} s"
+                + ("" if share is None else f"; other processes used {100 * share:.0f}% of the CPUs")
+                + ")",
+                flush=True,
+            )
+        row["foreign_cpu_share"] = round_load.share()
+        rounds.append(row)
+        lm, ref = row["lmtune"][rate_key], row["reference"][rate_key]
+        print(
+            f"{label} repeat {r + 1}/{repeats}: lmtune {lm:,.0f} {unit}/s, reference {ref:,.0f} {unit}/s, ratio {lm / ref:.2f}x"
+            + ("" if row["foreign_cpu_share"] is None else f", other processes {100 * row['foreign_cpu_share']:.0f}% CPU")
+            + (" (disturbed: left out)" if disturbed(row) else ""),
+            flush=True,
+        )
+        r += 1
+    return rounds
+
+
+def disturbed(row: dict) -> bool:
+    """A round in which other processes took more than 5% of the CPUs during either run measures them."""
+    return any((row[side]["foreign_cpu_share"] or 0.0) > 0.05 for side in ("lmtune", "reference"))
+
+
+def clean_rounds(rounds: list[dict]) -> list[dict]:
+    """The undisturbed rounds (all of them when every round was disturbed); marks `used_in_medians`."""
+    clean = [r for r in rounds if not disturbed(r)] or rounds
+    for r in rounds:
+        r["used_in_medians"] = any(r is c for c in clean)
+    return clean
+
+
+def medians(rounds: list[dict], rate_key: str) -> dict:
+    clean = clean_rounds(rounds)
+    lm = statistics.median(r["lmtune"][rate_key] for r in clean)
+    ref = statistics.median(r["reference"][rate_key] for r in clean)
+    return {
+        "lmtune": lm,
+        "reference": ref,
+        "ratio": lm / ref,
+        "rounds_used": len(clean),
+        "rounds": len(rounds),
+        "all_disturbed": len(clean) == len(rounds) and any(disturbed(r) for r in rounds),
+    }
+
+
+def print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    vwidth = max(len(v) for _, v in rows)
+    print(f"\n{title}")
+    print("-" * (width + vwidth + 3))
+    for k, v in rows:
+        print(f"{k:<{width}}   {v:>{vwidth}}")
+    print("-" * (width + vwidth + 3), flush=True)
+
+
+def section(name: str) -> None:
+    print(f"\n=== {name} " + "=" * max(3, 72 - len(name)), flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The three benchmarks
+
+
+def bench_pretrain(args: argparse.Namespace, workdir: Path) -> dict:
+    import datasets
+
+    section("pretrain: tokens/s, bf16")
+    cfg, placement, tokenizer, blocks, data_info = prepare(args, workdir)
+    hf_dataset = datasets.Dataset.from_dict({"input_ids": blocks.tolist()})
+    print(
+        f"data: {data_info['files']} files, {data_info['texts']} paragraphs, tokenizer {data_info['tokenizer_size']} "
+        f"tokens, {data_info['blocks']} blocks of {args.seq_len} ({data_info['tokens']:,} tokens)",
+        flush=True,
+    )
+    print(
+        f"preset {args.preset}, batch {args.batch_size} x {args.seq_len}, {args.warmup} warmup + {args.steps} "
+        f"measured steps per run, {args.repeats} repeats",
+        flush=True,
+    )
+    rounds = abba(
+        args,
+        "pretrain",
+        {
+            "lmtune": lambda: run_lmtune(args, cfg, placement, tokenizer, blocks, workdir),
+            "reference": lambda: run_reference(args, cfg, tokenizer, blocks, hf_dataset, workdir),
+        },
+        args.repeats,
+        "tokens_per_s",
+        "tok",
+        before_run=lambda: {"matmul_gflops": matmul_peak()},
+        detail=lambda r: f"{r['step_ms_median']:6.0f} ms/step, {r['attention']} attention",
+    )
+
+    # FLOPs per token, from the built models and the measured masked share
+    from transformers import BertConfig, BertForMaskedLM
+
+    from lmtune.config import resolved_model_sizes
+    from lmtune.modeling import build_mlm
+    from lmtune.tokenization import round_up
+
+    lm_model = build_mlm(cfg.model, tokenizer, cfg.seed)
+    ref_model = BertForMaskedLM(
+        BertConfig(vocab_size=round_up(len(tokenizer), 64), pad_token_id=tokenizer.pad_token_id, **resolved_model_sizes(cfg.model))
+    )
+    med = medians(rounds, "tokens_per_s")
+    clean = [r for r in rounds if r["used_in_medians"]]
+    lm_masked = statistics.median(r["lmtune"]["masked_fraction"] for r in clean)
+    lm_flops = flops_per_token(lm_model, args.seq_len, head_fraction=lm_masked)
+    ref_flops = flops_per_token(ref_model, args.seq_len, head_fraction=1.0)
+    lm_tps, ref_tps = med["lmtune"], med["reference"]
+    peak = best_peak([r[f"before_{side}"]["matmul_gflops"] for r in rounds for side in ("lmtune", "reference")])
+    lm_mfu = lm_tps * lm_flops["per_token"] / (peak * 1e9)
+    ref_mfu = ref_tps * ref_flops["per_token"] / (peak * 1e9)
+    print(
+        f"\nmodel FLOPs per token (fwd+bwd): lmtune {lm_flops['per_token'] / 1e6:.2f} M = encoder "
+        f"{lm_flops['encoder_flops'] / 1e6:.2f} M + attention {lm_flops['attention_flops'] / 1e6:.2f} M + head "
+        f"{lm_flops['head_flops'] / 1e6:.2f} M (on the measured {lm_masked:.3f} masked share); "
+        f"reference {ref_flops['per_token'] / 1e6:.2f} M (head on every token)"
+    )
+    left_out = med["rounds"] - med["rounds_used"]
+    print_table(
+        f"pretrain: medians over {med['rounds_used']} of {med['rounds']} repeats"
+        + (f" ({left_out} left out: other processes used over 5% of the CPUs)" if left_out else "")
+        + f", {args.steps} measured steps each, preset {args.preset}, batch {args.batch_size} x {args.seq_len}, bf16, "
+        f"{torch.get_num_threads()} threads",
+        [
+            ("lmtune tokens/s", f"{lm_tps:,.0f}"),
+            ("reference (HF Trainer) tokens/s", f"{ref_tps:,.0f}"),
+            ("ratio lmtune / reference", f"{lm_tps / ref_tps:.2f}x"),
+            ("bf16 matmul peak GFLOP/s (best quiet sample)", f"{peak:,.0f}"),
+            ("lmtune achieved GFLOP/s", f"{lm_tps * lm_flops['per_token'] / 1e9:,.1f}"),
+            ("lmtune MFU", f"{100 * lm_mfu:.1f}%"),
+            ("reference MFU (its own FLOPs)", f"{100 * ref_mfu:.1f}%"),
+        ],
+    )
+    return {
+        "data": data_info,
+        "placement": placement.as_dict(),
+        "model": {
+            "params": sum(p.numel() for p in lm_model.parameters()),
+            "vocab_size": lm_model.config.vocab_size,
+            **{k: lm_model.config.to_dict()[k] for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")},
+        },
+        "flops_per_token": {"lmtune": lm_flops, "reference": ref_flops},
+        "rounds": rounds,
+        "median": {
+            **med,
+            "lmtune_tokens_per_s": lm_tps,
+            "reference_tokens_per_s": ref_tps,
+            "bf16_peak_gflops": peak,
+            "lmtune_mfu": lm_mfu,
+            "reference_mfu": ref_mfu,
+        },
+        "unit": "tokens/s",
+    }
+
+
+def bench_finetune(args: argparse.Namespace, cls: Classification, workdir: Path) -> dict:
+    from lmtune import devices
+
+    section("finetune: samples/s, bf16")
+    placement = devices.resolve("cpu", "bf16")
+    info = cls.info()
+    print(
+        f"data: {info['sentences']} sentences ({100 * info['whale_share']:.1f}% 'whale'), median {info['tokens_median']:.0f} "
+        f"tokens (mean {info['tokens_mean']:.1f}), {100 * info['truncated_share']:.1f}% truncated at {args.seq_len}; "
+        f"tokenizer {info['tokenizer_size']} tokens; checkpoint: fresh {args.preset} BertForMaskedLM",
+        flush=True,
+    )
+    print(
+        f"batch {args.batch_size}, max length {args.seq_len}, {args.ft_warmup} warmup + {args.ft_steps} measured steps "
+        f"per run, {args.repeats} repeats; reference sampling: {args.ref_sampling}",
+        flush=True,
+    )
+
+    def detail(r: dict) -> str:
+        pad = 1 - r["real_tokens"] / r["padded_tokens"]
+        return (
+            f"{r['step_ms_median']:5.0f} ms/step, {r['real_tokens'] / r['samples']:.1f} tokens/sample, "
+            f"{100 * pad:4.1f}% padding, {r['attention']} attention"
+        )
+
+    rounds = abba(
+        args,
+        "finetune",
+        {
+            "lmtune": lambda: run_lmtune_finetune(args, cls, placement, workdir),
+            "reference": lambda: run_reference_finetune(args, cls, workdir),
+        },
+        args.repeats,
+        "samples_per_s",
+        "samples",
+        detail=detail,
+    )
+    med = medians(rounds, "samples_per_s")
+    clean = [r for r in rounds if r["used_in_medians"]]
+    same_init = all(
+        abs(r["lmtune"]["init_checksum"] - r["reference"]["init_checksum"]) <= 1e-6 * max(1.0, r["lmtune"]["init_checksum"])
+        for r in rounds
+    )
+
+    def pad_share(side: str) -> float:
+        return 1 - sum(r[side]["real_tokens"] for r in clean) / sum(r[side]["padded_tokens"] for r in clean)
+
+    def tokens_per_sample(side: str) -> float:
+        return sum(r[side]["real_tokens"] for r in clean) / sum(r[side]["samples"] for r in clean)
+
+    def tokens_per_s(side: str) -> float:
+        return statistics.median(r[side]["real_tokens"] / r[side]["seconds"] for r in clean)
+
+    left_out = med["rounds"] - med["rounds_used"]
+    print_table(
+        f"finetune: medians over {med['rounds_used']} of {med['rounds']} repeats"
+        + (f" ({left_out} left out: other processes used over 5% of the CPUs)" if left_out else "")
+        + f", {args.ft_steps} measured steps each, batch {args.batch_size}, max length {args.seq_len}, bf16",
+        [
+            ("lmtune samples/s", f"{med['lmtune']:,.1f}"),
+            ("reference (HF Trainer) samples/s", f"{med['reference']:,.1f}"),
+            ("ratio lmtune / reference", f"{med['ratio']:.2f}x"),
+            ("lmtune padding share", f"{100 * pad_share('lmtune'):.1f}%"),
+            ("reference padding share", f"{100 * pad_share('reference'):.1f}%"),
+            ("lmtune tokens/sample (measured steps)", f"{tokens_per_sample('lmtune'):.1f}"),
+            ("reference tokens/sample (measured steps)", f"{tokens_per_sample('reference'):.1f}"),
+            ("lmtune real tokens/s", f"{tokens_per_s('lmtune'):,.0f}"),
+            ("reference real tokens/s", f"{tokens_per_s('reference'):,.0f}"),
+            ("ratio of real tokens/s", f"{tokens_per_s('lmtune') / tokens_per_s('reference'):.2f}x"),
+            ("same initial weights", "yes" if same_init else "NO"),
+        ],
+    )
+    if not same_init:
+        print("WARNING: the two sides started from different classifier-head weights")
+    return {
+        "data": info,
+        "placement": placement.as_dict(),
+        "rounds": rounds,
+        "median": {
+            **med,
+            "lmtune_samples_per_s": med["lmtune"],
+            "reference_samples_per_s": med["reference"],
+            "lmtune_padding_share": pad_share("lmtune"),
+            "reference_padding_share": pad_share("reference"),
+            "lmtune_real_tokens_per_s": tokens_per_s("lmtune"),
+            "reference_real_tokens_per_s": tokens_per_s("reference"),
+            "lmtune_tokens_per_sample": tokens_per_sample("lmtune"),
+            "reference_tokens_per_sample": tokens_per_sample("reference"),
+        },
+        "same_initial_weights": same_init,
+        "unit": "samples/s",
+    }
+
+
+def bench_predict(args: argparse.Namespace, cls: Classification, workdir: Path) -> dict:
+    from transformers import pipeline
+
+    from lmtune.stages.predict import load_classifier, predict
+
+    section("predict: texts/s, fp32")
+    fine_tuned = cls.classifier_dir is not None
+    path = cls.classifier_dir if fine_tuned else fresh_classifier(cls, workdir)
+    cpu = torch.device("cpu")
+    texts, bs, limit = cls.predict_texts, args.batch_size, args.seq_len
+    t0 = time.perf_counter()
+    model, tokenizer, info = load_classifier(str(path), cpu)
+    lm_load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pipe = pipeline("text-classification", model=str(path), device="cpu", batch_size=bs)
+    ref_load_s = time.perf_counter() - t0
+    lm_padded = batch_padding(sorted(cls.predict_lengths), bs)
+    ref_padded = batch_padding(cls.predict_lengths, bs)
+    real = sum(cls.predict_lengths)
+    setup = {
+        "classifier": "lmtune fine-tuned (first finetune run)" if fine_tuned else "fresh (untrained head)",
+        "texts": len(texts),
+        "lmtune_load_s": lm_load_s,
+        "reference_load_s": ref_load_s,
+        "lmtune_model": {"dtype": str(model.dtype), "attention": model.config._attn_implementation},
+        "reference_model": {"dtype": str(pipe.model.dtype), "attention": pipe.model.config._attn_implementation},
+        "lmtune_padding_share": 1 - real / lm_padded,
+        "reference_padding_share": 1 - real / ref_padded,
+    }
+    print(
+        f"{len(texts)} sentences (median {statistics.median(cls.predict_lengths):.0f} tokens), batch {bs}, max length {limit}, "
+        f"fp32 on both sides; classifier: {setup['classifier']}",
+        flush=True,
+    )
+    print(
+        f"lmtune: load_classifier {lm_load_s:.1f} s, {setup['lmtune_model']['dtype']}, {setup['lmtune_model']['attention']} "
+        f"attention, {100 * setup['lmtune_padding_share']:.1f}% padding (length-sorted batches); "
+        f"reference: pipeline() {ref_load_s:.1f} s, {setup['reference_model']['dtype']}, "
+        f"{setup['reference_model']['attention']} attention, {100 * setup['reference_padding_share']:.1f}% padding (input order)",
+        flush=True,
+    )
+
+    def run_lmtune_predict() -> dict:
+        t0 = time.perf_counter()
+        results = predict(model, tokenizer, info, texts, batch_size=bs, max_length=limit, device=cpu)
+        labels = [r["label"] for r in results]
+        seconds = time.perf_counter() - t0
+        return {"samples_per_s": len(texts) / seconds, "seconds": seconds, "labels": labels, "scores": [r["score"] for r in results]}
+
+    def run_reference_predict() -> dict:
+        t0 = time.perf_counter()
+        results = pipe(texts, truncation=True, max_length=limit)
+        labels = [r["label"] for r in results]
+        seconds = time.perf_counter() - t0
+        return {"samples_per_s": len(texts) / seconds, "seconds": seconds, "labels": labels, "scores": [r["score"] for r in results]}
+
+    sides = {"lmtune": run_lmtune_predict, "reference": run_reference_predict}
+    # one untimed pass each (first-call costs); their outputs give the agreement
+    first = {side: fn() for side, fn in sides.items()}
+    lm_labels, ref_labels = first["lmtune"]["labels"], first["reference"]["labels"]
+    agree = sum(a == b for a, b in zip(lm_labels, ref_labels)) / len(texts)
+    score_diff = max(
+        (abs(a - b) for a, b, x, y in zip(first["lmtune"]["scores"], first["reference"]["scores"], lm_labels, ref_labels) if x == y),
+        default=0.0,
+    )
+    counts = {name: lm_labels.count(name) for name in info.labels}
+    print(
+        f"untimed first pass: lmtune {first['lmtune']['seconds']:.1f} s, reference {first['reference']['seconds']:.1f} s; "
+        f"top labels agree on {100 * agree:.2f}% of texts (largest score difference where they agree {score_diff:.1e}); "
+        f"lmtune's labels: {counts}",
+        flush=True,
+    )
+
+    def slim(fn):
+        def run() -> dict:
+            out = fn()
+            labels = out.pop("labels")
+            out.pop("scores")
+            out["same_labels_as_first_pass"] = labels == first["lmtune" if fn is run_lmtune_predict else "reference"]["labels"]
+            return out
+
+        return run
+
+    rounds = abba(
+        args,
+        "predict",
+        {side: slim(fn) for side, fn in sides.items()},
+        args.predict_repeats,
+        "samples_per_s",
+        "texts",
+        detail=lambda r: f"{r['seconds']:.2f} s",
+    )
+    med = medians(rounds, "samples_per_s")
+    left_out = med["rounds"] - med["rounds_used"]
+    print_table(
+        f"predict: medians over {med['rounds_used']} of {med['rounds']} repeats"
+        + (f" ({left_out} left out: other processes used over 5% of the CPUs)" if left_out else "")
+        + f", {len(texts)} texts each, batch {bs}, max length {limit}, fp32",
+        [
+            ("lmtune predict() texts/s", f"{med['lmtune']:,.0f}"),
+            ("reference pipeline() texts/s", f"{med['reference']:,.0f}"),
+            ("ratio lmtune / reference", f"{med['ratio']:.2f}x"),
+            ("top-label agreement", f"{100 * agree:.2f}%"),
+            ("lmtune padding share", f"{100 * setup['lmtune_padding_share']:.1f}%"),
+            ("reference padding share", f"{100 * setup['reference_padding_share']:.1f}%"),
+        ],
+    )
+    return {
+        **setup,
+        "first_pass_s": {side: first[side]["seconds"] for side in sides},
+        "agreement": agree,
+        "max_score_difference": score_diff,
+        "lmtune_label_counts": counts,
+        "rounds": rounds,
+        "median": {**med, "lmtune_samples_per_s": med["lmtune"], "reference_samples_per_s": med["reference"]},
+        "unit": "texts/s",
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -460,100 +1228,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    import datasets
     import transformers
+
+    from lmtune import devices
 
     started = time.perf_counter()
     load = ForeignLoad()
-    with tempfile.TemporaryDirectory(prefix="lmtune-bench-") as tmp:
-        workdir = Path(tmp)
-        cfg, placement, tokenizer, blocks, data_info = prepare(args, workdir)
-        hf_dataset = datasets.Dataset.from_dict({"input_ids": blocks.tolist()})
-        print(
-            f"data: {data_info['files']} files, {data_info['texts']} paragraphs, tokenizer {data_info['tokenizer_size']} "
-            f"tokens, {data_info['blocks']} blocks of {args.seq_len} ({data_info['tokens']:,} tokens)",
-            flush=True,
-        )
-        print(
-            f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
-            f"{placement.device} {placement.precision} ({placement.reason})",
-            flush=True,
-        )
-        print(
-            f"preset {args.preset}, batch {args.batch_size} x {args.seq_len}, {args.warmup} warmup + {args.steps} "
-            f"measured steps per run, {args.repeats} repeats",
-            flush=True,
-        )
-        rounds = []
-        for r in range(args.repeats):
-            note = wait_until_idle(args.wait_idle) if args.wait_idle else None
-            if note:
-                print(f"  ({note})", flush=True)
-            round_load = ForeignLoad()
-            peak = matmul_peak()
-            order = ("lmtune", "reference") if r % 2 == 0 else ("reference", "lmtune")
-            row: dict = {"order": order, "matmul_gflops": peak}
-            for side in order:
-                torch.manual_seed(args.seed)
-                note = wait_until_idle(args.wait_idle) if args.wait_idle else None
-                if note:
-                    print(f"  ({note})", flush=True)
-                run_load = ForeignLoad()
-                t0 = time.perf_counter()
-                if side == "lmtune":
-                    row[side] = run_lmtune(args, cfg, placement, tokenizer, blocks, workdir)
-                else:
-                    row[side] = run_reference(args, cfg, tokenizer, blocks, hf_dataset, workdir)
-                share = row[side]["foreign_cpu_share"] = run_load.share()
-                print(
-                    f"  {side:<9} {row[side]['tokens_per_s']:>9,.0f} tok/s, {row[side]['step_ms_median']:6.0f} ms/step "
-                    f"(run of {args.warmup + args.steps} steps took {time.perf_counter() - t0:.0f} s"
-                    + ("" if share is None else f"; other processes used {100 * share:.0f}% of the CPUs")
-                    + ")",
-                    flush=True,
-                )
-            row["foreign_cpu_share"] = round_load.share()
-            rounds.append(row)
-            print(
-                f"repeat {r + 1}/{args.repeats}: lmtune {row['lmtune']['tokens_per_s']:,.0f} tok/s "
-                f"({row['lmtune']['step_ms_median']:.0f} ms/step), reference {row['reference']['tokens_per_s']:,.0f} "
-                f"tok/s ({row['reference']['step_ms_median']:.0f} ms/step), bf16 matmul peak {peak['peak']:,.0f} GFLOP/s"
-                + ("" if row["foreign_cpu_share"] is None else f", other processes {100 * row['foreign_cpu_share']:.0f}% CPU"),
-                flush=True,
-            )
-
-        # FLOPs per token, from the built models and the measured masked share
-        from lmtune.modeling import build_mlm
-        from transformers import BertConfig, BertForMaskedLM
-
-        from lmtune.config import resolved_model_sizes
-        from lmtune.tokenization import round_up
-
-        lm_model = build_mlm(cfg.model, tokenizer, cfg.seed)
-        ref_model = BertForMaskedLM(
-            BertConfig(vocab_size=round_up(len(tokenizer), 64), pad_token_id=tokenizer.pad_token_id, **resolved_model_sizes(cfg.model))
-        )
-        lm_masked = statistics.median(r["lmtune"]["masked_fraction"] for r in rounds)
-        lm_flops = flops_per_token(lm_model, args.seq_len, head_fraction=lm_masked)
-        ref_flops = flops_per_token(ref_model, args.seq_len, head_fraction=1.0)
-
-    # a round in which other processes took more than 5% of the CPUs during either run measures them,
-    # not us: leave it out of the medians, unless every round was disturbed
-    def disturbed(r: dict) -> bool:
-        return any((r[side]["foreign_cpu_share"] or 0.0) > 0.05 for side in ("lmtune", "reference"))
-
-    clean = [r for r in rounds if not disturbed(r)] or rounds
-    for r in rounds:
-        r["used_in_medians"] = any(r is c for c in clean)
-    lm_tps = statistics.median(r["lmtune"]["tokens_per_s"] for r in clean)
-    ref_tps = statistics.median(r["reference"]["tokens_per_s"] for r in clean)
-    peak = statistics.median(r["matmul_gflops"]["peak"] for r in clean)
-    lm_mfu = lm_tps * lm_flops["per_token"] / (peak * 1e9)
-    ref_mfu = ref_tps * ref_flops["per_token"] / (peak * 1e9)
-    total = time.perf_counter() - started
-    foreign = load.share()
-
-    results = {
+    placement = devices.resolve("cpu", "bf16")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads on "
+        f"{os.cpu_count()} CPUs; training in {placement.precision} ({placement.reason}); running: {', '.join(args.what)}",
+        flush=True,
+    )
+    results: dict = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "env": {
             "python": platform.python_version(),
@@ -564,57 +1251,56 @@ def main(argv: list[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
             "placement": placement.as_dict(),
         },
-        "data": data_info,
-        "model": {
-            "params": sum(p.numel() for p in lm_model.parameters()),
-            "vocab_size": lm_model.config.vocab_size,
-            **{k: lm_model.config.to_dict()[k] for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")},
-        },
-        "flops_per_token": {"lmtune": lm_flops, "reference": ref_flops},
-        "rounds": rounds,
-        "median": {
-            "lmtune_tokens_per_s": lm_tps,
-            "reference_tokens_per_s": ref_tps,
-            "ratio": lm_tps / ref_tps,
-            "bf16_peak_gflops": peak,
-            "lmtune_mfu": lm_mfu,
-            "reference_mfu": ref_mfu,
-            "rounds_used": len(clean),
-        },
-        "total_s": total,
-        "foreign_cpu_share": foreign,
     }
+    with tempfile.TemporaryDirectory(prefix="lmtune-bench-") as tmp:
+        workdir = Path(tmp)
+        cls = None
+        for name in args.what:
+            t0 = time.perf_counter()
+            if name == "pretrain":
+                results[name] = bench_pretrain(args, workdir)
+            else:
+                if cls is None:
+                    cls = Classification(args, workdir)
+                if name == "finetune":
+                    results[name] = bench_finetune(args, cls, workdir)
+                else:
+                    results[name] = bench_predict(args, cls, workdir)
+            results[name]["seconds"] = time.perf_counter() - t0
 
-    print()
+    total = time.perf_counter() - started
+    foreign = load.share()
+    results["total_s"] = total
+    results["foreign_cpu_share"] = foreign
+
+    units = {"pretrain": "tokens/s (bf16)", "finetune": "samples/s (bf16)", "predict": "texts/s (fp32)"}
+    rows = [("benchmark", "unit", "lmtune", "reference", "ratio", "target", "")]
+    for name in args.what:
+        med = results[name]["median"]
+        rows.append(
+            (
+                name,
+                units[name],
+                f"{med['lmtune']:,.0f}",
+                f"{med['reference']:,.0f}",
+                f"{med['ratio']:.2f}x",
+                f">= {TARGETS[name]:g}x",
+                "met" if med["ratio"] >= TARGETS[name] else "NOT met",
+            )
+        )
+        results[name]["target"] = TARGETS[name]
+        results[name]["target_met"] = med["ratio"] >= TARGETS[name]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print("\nsummary (medians; lmtune / Hugging Face reference, same data, model, batch and precision)")
+    for i, r in enumerate(rows):
+        print("  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if i == 0:
+            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
     print(
-        f"model FLOPs per token (fwd+bwd): lmtune {lm_flops['per_token'] / 1e6:.2f} M = encoder "
-        f"{lm_flops['encoder_flops'] / 1e6:.2f} M + attention {lm_flops['attention_flops'] / 1e6:.2f} M + head "
-        f"{lm_flops['head_flops'] / 1e6:.2f} M (on the measured {lm_masked:.3f} masked share); "
-        f"reference {ref_flops['per_token'] / 1e6:.2f} M (head on every token)"
+        f"total time {total:.0f} s" + ("" if foreign is None else f"; other processes used {100 * foreign:.0f}% of the CPUs meanwhile")
     )
-    rows = [
-        ("lmtune tokens/s", f"{lm_tps:,.0f}"),
-        ("reference (HF Trainer) tokens/s", f"{ref_tps:,.0f}"),
-        ("ratio lmtune / reference", f"{lm_tps / ref_tps:.2f}x"),
-        ("bf16 matmul peak GFLOP/s", f"{peak:,.0f}"),
-        ("lmtune achieved GFLOP/s", f"{lm_tps * lm_flops['per_token'] / 1e9:,.1f}"),
-        ("lmtune MFU", f"{100 * lm_mfu:.1f}%"),
-        ("reference MFU (its own FLOPs)", f"{100 * ref_mfu:.1f}%"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    vwidth = max(len(v) for _, v in rows)
-    left_out = len(rounds) - len(clean)
-    print(f"\nmedians over {len(clean)} of {args.repeats} repeats"
-          + (f" ({left_out} left out: other processes used over 5% of the CPUs)" if left_out else "")
-          + f", {args.steps} measured steps each, preset {args.preset}, "
-          f"batch {args.batch_size} x {args.seq_len}, bf16, {torch.get_num_threads()} threads")
-    print("-" * (width + vwidth + 3))
-    for k, v in rows:
-        print(f"{k:<{width}}   {v:>{vwidth}}")
-    print("-" * (width + vwidth + 3))
-    print(f"total time {total:.0f} s" + ("" if foreign is None else f"; other processes used {100 * foreign:.0f}% of the CPUs meanwhile"))
-    if len(clean) == len(rounds) and any(disturbed(r) for r in rounds):
-        print("WARNING: other processes competed for the CPUs in every repeat: rerun the benchmark on an idle machine")
+    if any(results[n]["median"]["all_disturbed"] for n in args.what):
+        print("WARNING: other processes competed for the CPUs in every repeat of some benchmark: rerun on an idle machine")
     elif foreign is not None and foreign > 0.05:
         print("note: other processes used the CPUs during part of the benchmark; the disturbed repeats are left out")
     if args.json:
