@@ -14,11 +14,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from lmtune.data import check_text_file
+from lmtune.data import check_text_file, encode_rows
 from lmtune.errors import ConfigError, DataError, DeviceError
+from lmtune.stages.evaluate import predict_scores
 
 SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
@@ -27,7 +29,6 @@ PROBLEM_TYPES = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
 
 INPUT_SUFFIXES = (".txt", ".jsonl", ".csv", ".tsv")
 MULTI_LABEL_THRESHOLD = 0.5  # a label applies when its sigmoid probability reaches this
-_LENGTH_CHUNK = 10_000  # texts tokenized at a time to measure lengths (bounds memory on big inputs)
 # Files that hold a tokenizer's vocabulary. transformers 5 does not fail on a dir without any of them:
 # AutoTokenizer silently builds an empty 5-token tokenizer, so we look for them ourselves.
 _GIVE_CHECKPOINT = "give a fine-tuned run's final/ or best/ directory"
@@ -292,22 +293,12 @@ def predict(
         raise ConfigError(f"max_length={max_length} must be between 1 and the model's limit of {info.max_length} tokens")
     device = device or next(model.parameters()).device
     autocast = _autocast(device, precision)
-    limit = max_length or info.max_length
-    # Sort by token count so each batch pads to about its own length (shortest first);
-    # the sort is stable, so equal lengths keep their input order.
-    order = sorted(range(len(texts)), key=_token_counts(tokenizer, texts, limit).__getitem__)
-    results: list[dict | None] = [None] * len(texts)
+    # one tokenization, batches of similar length (the same path as lmtune eval), input order restored
+    encoded = encode_rows(tokenizer, texts, None, max_length or info.max_length)
     model.eval()
     with torch.inference_mode(), autocast:
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            batch = tokenizer(
-                [texts[i] for i in rows], padding=True, truncation=True, max_length=limit, return_tensors="pt"
-            )
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()  # (B, num_labels)
-            for i, result in zip(rows, _results(info, logits, all_scores)):
-                results[i] = {"text": texts[i], **result}
-    return results  # type: ignore[return-value]
+        scores = predict_scores(model, encoded, tokenizer.pad_token_id, batch_size, device)
+    return [{"text": text, **result} for text, result in zip(texts, _results(info, scores, all_scores))]
 
 
 def _autocast(device: torch.device, precision: str) -> torch.autocast:
@@ -319,35 +310,24 @@ def _autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtypes[precision], enabled=precision != "fp32")
 
 
-def _token_counts(tokenizer: PreTrainedTokenizerBase, texts: list[str], limit: int) -> list[int]:
-    """Each text's token count (specials included, truncated at `limit`), tokenized in chunks."""
-    counts: list[int] = []
-    for start in range(0, len(texts), _LENGTH_CHUNK):
-        ids = tokenizer(texts[start : start + _LENGTH_CHUNK], truncation=True, max_length=limit)["input_ids"]
-        counts.extend(len(x) for x in ids)
-    return counts
-
-
-def _results(info: ClassifierInfo, logits: torch.Tensor, all_scores: bool) -> list[dict]:
-    """Turn a batch's logits (B, num_labels) into result dicts (without the text)."""
+def _results(info: ClassifierInfo, scores: np.ndarray, all_scores: bool) -> list[dict]:
+    """Turn model outputs (`classifier_outputs`: probabilities, or values for regression) into
+    result dicts (without the text)."""
     labels = info.labels
     if info.problem_type == REGRESSION:
-        values = logits.tolist()
-        if len(labels) == 1:
-            return [{"score": row[0]} for row in values]
-        return [{"scores": dict(zip(labels, row))} for row in values]
+        if scores.ndim == 1:
+            return [{"score": float(v)} for v in scores]
+        return [{"scores": dict(zip(labels, map(float, row)))} for row in scores]
     if info.problem_type == MULTI_LABEL:
-        probs = torch.sigmoid(logits).tolist()
         return [
-            {"labels": [name for name, p in zip(labels, row) if p >= MULTI_LABEL_THRESHOLD], "scores": dict(zip(labels, row))}
-            for row in probs
+            {"labels": [name for name, p in zip(labels, row) if p >= MULTI_LABEL_THRESHOLD], "scores": dict(zip(labels, map(float, row)))}
+            for row in scores
         ]
-    probs = torch.softmax(logits, dim=-1)  # (B, num_labels)
-    best = probs.argmax(dim=-1).tolist()
     out = []
-    for row, k in zip(probs.tolist(), best):
-        result = {"label": labels[k], "score": row[k]}
+    for row in scores:
+        k = int(row.argmax())
+        result = {"label": labels[k], "score": float(row[k])}
         if all_scores:
-            result["scores"] = dict(zip(labels, row))
+            result["scores"] = dict(zip(labels, map(float, row)))
         out.append(result)
     return out
