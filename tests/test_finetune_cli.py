@@ -191,3 +191,43 @@ def test_malformed_files_name_the_line(tmp_path, runner, pretrained, name, conte
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_modernbert_pretrains_finetunes_and_reloads_without_lmtune(tmp_path, runner):
+    """model.arch: modernbert end to end: fill-mask learns the fixture, the classifier learns reviews,
+    and both load with plain transformers."""
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    from conftest import SOUNDS
+
+    config = write_config(
+        tmp_path / "pretrain.yaml",
+        output_dir=str(tmp_path / "mlm"),
+        seed=0,
+        device="cpu",
+        model={"arch": "modernbert", "preset": "tiny", "hidden_size": 64},
+        tokenizer={"vocab_size": 256},
+        data={"train": [str(FIXTURES / "animals.txt"), str(FIXTURES / "reviews" / "train.jsonl")], "txt_unit": "line", "max_length": 32},
+        train={"batch_size": 32, "lr": 3.0e-3, "max_steps": 600, "eval_every": None, "save_every": None, "log_every": 50},
+    )
+    result = invoke(runner, "pretrain", config)
+    assert result.exit_code == 0, result.output
+    final = tmp_path / "mlm" / "final"
+    model = AutoModelForMaskedLM.from_pretrained(final)
+    assert type(model).__name__ == "ModernBertForMaskedLM"
+    assert model.config.intermediate_size == 384  # the tiny preset's 512, times 2/3 for the gated FFN, to 64
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    assert "token_type_ids" not in tokenizer("a", "b")  # ModernBERT has no segment embeddings
+    fill = pipeline("fill-mask", model=str(final), device="cpu")
+    assert fill("the old cow says [MASK] .", top_k=1)[0]["token_str"] in SOUNDS
+
+    ft = finetune_config(tmp_path, final, "reviews")
+    result = invoke(runner, "finetune", ft)
+    assert result.exit_code == 0, result.output
+    result = invoke(runner, "eval", ft)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "eval-test" / "metrics.json").read_text())["accuracy"] >= 0.9
+    classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "best")
+    assert type(classifier).__name__ == "ModernBertForSequenceClassification"
+    assert classifier.config.classifier_pooling == "mean"

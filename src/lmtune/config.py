@@ -48,7 +48,10 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     """Which network to build (pretrain) or load (finetune)."""
 
-    arch: Literal["bert", "roberta"] = Field("bert", description="pretrain: architecture to build: bert | roberta")
+    arch: Literal["bert", "roberta", "modernbert"] = Field(
+        "bert",
+        description="pretrain: architecture to build: bert | roberta | modernbert (pre-norm, GeGLU, rotary positions)",
+    )
     preset: Literal["tiny", "mini", "small", "medium", "base"] | None = Field(
         "mini", description="pretrain: model size; explicit sizes below override it"
     )
@@ -67,7 +70,7 @@ class ModelSection(_Section):
         "auto", description="attention kernel; auto: eager on the CPU (faster there at these sizes), sdpa elsewhere"
     )
     hf_config: dict[str, Any] = Field(
-        default_factory=dict, description="any other field of BertConfig/RobertaConfig, set as is"
+        default_factory=dict, description="any other field of BertConfig/RobertaConfig/ModernBertConfig, set as is"
     )
 
 
@@ -375,9 +378,9 @@ def _cross_checks(cfg: Config, stage: Stage | None) -> list[str]:
 def _check_hf_config_keys(m: ModelSection) -> list[str]:
     if not m.hf_config:
         return []
-    from transformers import BertConfig, RobertaConfig  # lazy: only configs that use hf_config pay for it
+    from transformers import BertConfig, ModernBertConfig, RobertaConfig  # lazy: only configs that use hf_config pay
 
-    config_class = {"bert": BertConfig, "roberta": RobertaConfig}[m.arch]
+    config_class = {"bert": BertConfig, "roberta": RobertaConfig, "modernbert": ModernBertConfig}[m.arch]
     known = set(config_class().to_dict())
     problems = []
     for key in m.hf_config:
@@ -387,7 +390,7 @@ def _check_hf_config_keys(m: ModelSection) -> list[str]:
             problems.append(f"unknown key 'model.hf_config.{key}': not a field of {config_class.__name__}.{extra}")
         elif key in ModelSection.model_fields:
             problems.append(f"model.hf_config.{key}: set it as model.{key}, not in hf_config")
-        elif key in {"vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"}:
+        elif key in {"vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id"}:
             problems.append(f"model.hf_config.{key}: the tokenizer decides it (see tokenizer.vocab_size); remove it")
     return problems
 

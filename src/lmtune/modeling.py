@@ -1,7 +1,7 @@
 """Build masked language models from presets, check them against their tokenizer, and compute the
 MLM loss at masked positions only.
 
-The models are plain `BertForMaskedLM` / `RobertaForMaskedLM`, so a saved checkpoint loads with
+The models are plain `BertForMaskedLM` / `RobertaForMaskedLM` / `ModernBertForMaskedLM`, so a saved checkpoint loads with
 `AutoModelForMaskedLM` and `pipeline("fill-mask")` without lmtune. Only the loss is ours: it runs the
 encoder, gathers the masked positions and applies the vocabulary head to those alone (about 15% of
 the tokens), which skips most of the head's cost.
@@ -22,6 +22,8 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     BertForMaskedLM,
+    ModernBertConfig,
+    ModernBertForMaskedLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     RobertaConfig,
@@ -43,6 +45,9 @@ def build_mlm(m: ModelSection, tokenizer: PreTrainedTokenizerBase, seed: int) ->
     """
     sizes = resolved_model_sizes(m)
     dropout = 0.0 if m.dropout is None else m.dropout
+    torch.manual_seed(seed)
+    if m.arch == "modernbert":
+        return ModernBertForMaskedLM(modernbert_config(m, tokenizer, sizes, dropout))
     offset = 2 if m.arch == "roberta" else 0
     common = dict(
         vocab_size=round_up(len(tokenizer), 64),
@@ -53,16 +58,42 @@ def build_mlm(m: ModelSection, tokenizer: PreTrainedTokenizerBase, seed: int) ->
         **sizes,
         **m.hf_config,
     )
-    torch.manual_seed(seed)
     if m.arch == "bert":
-        config = BertConfig(**common)
-        model: PreTrainedModel = BertForMaskedLM(config)
-    else:
-        config = RobertaConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, type_vocab_size=1, **common
-        )
-        model = RobertaForMaskedLM(config)
-    return model
+        return BertForMaskedLM(BertConfig(**common))
+    config = RobertaConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, type_vocab_size=1, **common
+    )
+    return RobertaForMaskedLM(config)
+
+
+def modernbert_config(
+    m: ModelSection, tokenizer: PreTrainedTokenizerBase, sizes: dict[str, Any], dropout: float
+) -> ModernBertConfig:
+    """ModernBERT sized like the preset: its gated feed-forward (GeGLU) has two input projections,
+    so the preset's width shrinks to 2/3 (rounded to 64) to keep the parameter count, unless
+    model.intermediate_size is set. Every layer attends globally (sequences here are short), and
+    classification pools the mean of the tokens (a short MLM pretraining does not train [CLS])."""
+    sizes = dict(sizes)
+    if m.intermediate_size is None:
+        sizes["intermediate_size"] = round_up(2 * sizes["intermediate_size"] // 3, 64)
+    fields: dict[str, Any] = dict(
+        vocab_size=round_up(len(tokenizer), 64),
+        pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        max_position_embeddings=m.max_position_embeddings or 512,
+        layer_types=["full_attention"] * sizes["num_hidden_layers"],
+        embedding_dropout=dropout,
+        attention_dropout=dropout,
+        mlp_dropout=dropout,
+        sparse_prediction=True,  # `model(input_ids, labels=...)` runs the head on masked tokens only
+        classifier_pooling="mean",
+        **sizes,
+    )
+    fields.update(m.hf_config)
+    return ModernBertConfig(**fields)
 
 
 def use_attention(model: PreTrainedModel, choice: str, device: Any) -> str:
@@ -101,7 +132,9 @@ def check_compatible(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 
 def mlm_head(model: PreTrainedModel) -> torch.nn.Module:
-    """The vocabulary head (transform + decoder) of a BERT or RoBERTa masked LM."""
+    """The vocabulary head (transform + decoder) of a BERT, RoBERTa or ModernBERT masked LM."""
+    if isinstance(model, ModernBertForMaskedLM):
+        return torch.nn.Sequential(model.head, model.decoder)
     head = getattr(model, "cls", None) or getattr(model, "lm_head", None)
     if head is None:
         raise TypeError(f"{type(model).__name__} has no masked-LM head")
@@ -169,14 +202,21 @@ def load_for_finetuning(checkpoint: str, spec: LabelSpec, dropout: float | None)
         "problem_type": HF_PROBLEM_TYPES[spec.problem],
     }
     if dropout is not None:
-        overrides.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, classifier_dropout=dropout)
-    elif getattr(config, "hidden_dropout_prob", 0.1) == 0.0:
-        # checkpoints pretrained without dropout (lmtune's default) fine-tune better with the usual 0.1
-        overrides.update(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+        overrides.update(dropout_fields(config, dropout), classifier_dropout=dropout)
+    elif config.model_type != "modernbert" and getattr(config, "hidden_dropout_prob", 0.1) == 0.0:
+        # BERT checkpoints pretrained without dropout (lmtune's default) fine-tune better with the usual 0.1
+        overrides.update(dropout_fields(config, 0.1))
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint, ignore_mismatched_sizes=not reuse, **overrides)
     kind = "its classification head" if reuse else f"a new classification head ({spec.num_labels} outputs)"
     source = ", ".join(getattr(config, "architectures", None) or [config.model_type])
     return model, f"loaded {source} from {checkpoint} with {kind}"
+
+
+def dropout_fields(config: Any, p: float) -> dict[str, float]:
+    """The config fields that set the encoder's dropout, by architecture."""
+    if config.model_type == "modernbert":
+        return {"embedding_dropout": p, "attention_dropout": p, "mlp_dropout": p}
+    return {"hidden_dropout_prob": p, "attention_probs_dropout_prob": p}
 
 
 def classification_loss(

@@ -60,18 +60,18 @@ def train_tokenizer(
     max_length: int = 512,
     length: int | None = None,
 ) -> PreTrainedTokenizerFast:
-    """Train a WordPiece (bert) or byte-level BPE (roberta) tokenizer on `texts`.
+    """Train a WordPiece (bert, modernbert) or byte-level BPE (roberta) tokenizer on `texts`.
 
     Args:
         texts: the training text, one document (or paragraph) per item.
-        arch: "bert" or "roberta".
+        arch: "bert" or "modernbert" (WordPiece) or "roberta" (byte-level BPE).
         vocab_size: the target vocabulary size, special tokens included.
         lowercase: lowercase (and, for WordPiece, strip accents) before tokenizing.
         min_frequency: how often a piece must occur to enter the vocabulary.
         max_length: the model's sequence limit, stored as `model_max_length`.
         length: number of texts, for the progress estimate only.
     """
-    if arch == "bert":
+    if arch != "roberta":
         tok, specials = _wordpiece(lowercase)
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials, show_progress=False
@@ -91,14 +91,16 @@ def train_tokenizer(
 
 def wrap(tok: Tokenizer, arch: str, max_length: int) -> PreTrainedTokenizerFast:
     """Add the special-token post-processor and wrap as a transformers tokenizer."""
-    if arch == "bert":
+    if arch != "roberta":
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]",
             pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
         )
-        special_map = {**BERT_SPECIALS, "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]}
+        # ModernBERT has no segment embeddings, so its tokenizer returns no token_type_ids
+        names = ["input_ids", "attention_mask"] if arch == "modernbert" else ["input_ids", "token_type_ids", "attention_mask"]
+        special_map = {**BERT_SPECIALS, "model_input_names": names}
     else:
         tok.post_processor = processors.RobertaProcessing(
             ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")), trim_offsets=True

@@ -78,7 +78,7 @@ def layerwise_groups(model: torch.nn.Module, weight_decay: float, decay: float |
     n_layers = model.config.num_hidden_layers
     by_scale: dict[float, list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        match = re.search(r"\.layer\.(\d+)\.", name)
+        match = re.search(r"\.layers?\.(\d+)\.", name)
         if match:
             depth = n_layers - int(match.group(1))
         elif ".embeddings." in name or name.startswith("embeddings."):

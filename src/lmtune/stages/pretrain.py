@@ -72,7 +72,7 @@ def build_tokenizer(cfg: Config, train_ds: Any) -> Any:
         tokenizer = load_tokenizer(str(cache))
         log.info("tokenizer: reusing the one trained on this data before (%d tokens, %s)", len(tokenizer), cache)
         return tokenizer
-    kind = "WordPiece" if cfg.model.arch == "bert" else "byte-level BPE"
+    kind = "byte-level BPE" if cfg.model.arch == "roberta" else "WordPiece"
     log.info("tokenizer: training %s with a target of %d tokens", kind, t.vocab_size)
     tokenizer = train_tokenizer(
         (batch["text"] for batch in train_ds.iter(batch_size=1000)),
