@@ -338,3 +338,36 @@ def test_resume_refuses_config_drift_unless_forced(tmp_path, runner):
     assert invoke(runner, "pretrain", config, "--resume", "--set", "train.max_steps=6").exit_code == 0
     result = invoke(runner, "pretrain", config, "--resume", "--set", "train.lr=0.1", "--set", "train.max_steps=8", "--force")
     assert result.exit_code == 0, result.output
+
+
+def test_probe_reports_linear_probe_accuracy_at_each_evaluation(tmp_path, runner):
+    """With a probe section, every evaluation fits a logistic regression on frozen features of the
+    labelled reviews, and logs its held-out accuracy (broken features, all equal, would score chance)."""
+    reviews = FIXTURES / "reviews"
+    config = tiny_config(
+        tmp_path,
+        model={"arch": "modernbert", "preset": "tiny", "hidden_size": 64},
+        tokenizer={"vocab_size": 256},
+        data={"train": [str(reviews / "train.jsonl")], "max_length": 32},
+        train={"batch_size": 16, "lr": 2.0e-3, "max_steps": 60, "eval_every": 30, "save_every": None, "log_every": 10},
+        probe={"train": str(reviews / "train.jsonl"), "validation": str(reviews / "validation.jsonl")},
+    )
+    result = invoke(runner, "pretrain", config)
+    assert result.exit_code == 0, result.output
+    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["type"] == "eval"]
+    assert [r["step"] for r in evals] == [30, 60]
+    assert all(0.0 <= r["eval_probe_accuracy"] <= 1.0 and "eval_probe_macro_f1" in r for r in evals)
+    assert evals[-1]["eval_probe_accuracy"] >= 0.75  # two balanced classes: chance is 0.5
+    assert "probe_accuracy" in result.output
+
+
+def test_probe_problems_are_config_errors(tmp_path, runner):
+    config = tiny_config(tmp_path, train={"max_steps": 4, "eval_every": None}, probe={"train": []})
+    result = invoke(runner, "pretrain", config)
+    assert result.exit_code == 2
+    assert "probe.train is empty" in result.output and "train.eval_every is null" in result.output
+    regression = FIXTURES / "regression" / "train.jsonl"
+    config = tiny_config(tmp_path, train={"max_steps": 4, "eval_every": 2}, probe={"train": str(regression)})
+    result = invoke(runner, "pretrain", config)
+    assert result.exit_code == 2 and "one class label per row" in result.output, result.output
+    assert not (tmp_path / "run").exists()

@@ -163,6 +163,22 @@ class FinetuneSection(_Section):
     freeze_embeddings: bool = Field(False, description="keep the embedding layer fixed")
 
 
+class ProbeSection(_Section):
+    """Pretraining quality probe: at each evaluation, a logistic regression on frozen mean-pooled
+    features of a labelled set says how useful the encoder already is for classification."""
+
+    train: list[str] = Field(default_factory=list, description="labelled files the probe is fitted on")
+    validation: list[str] | None = Field(None, description="labelled files it is scored on; null: 20% of train")
+    text_column: str = Field("text", description="column holding the text")
+    label_column: str = Field("label", description="column holding the (single) label")
+    max_rows: int = Field(2000, ge=10, description="cap on training rows (a seeded sample), to keep evaluations quick")
+
+    @field_validator("train", "validation", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
 class Config(_Section):
     """A whole lmtune config: one YAML file plus overrides."""
 
@@ -176,6 +192,7 @@ class Config(_Section):
     mlm: MLMSection = Field(default_factory=MLMSection)
     finetune: FinetuneSection = Field(default_factory=FinetuneSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    probe: ProbeSection | None = Field(None, description="pretrain: a linear probe on labelled data at each evaluation")
 
     @field_validator("device")
     @classmethod
@@ -366,6 +383,10 @@ def _cross_checks(cfg: Config, stage: Stage | None) -> list[str]:
                 f"{SPECIAL_TOKEN_COUNT} special tokens and the alphabet: use at least {MIN_VOCAB_SIZE}"
             )
         problems.extend(_check_hf_config_keys(m))
+        if cfg.probe is not None and not cfg.probe.train:
+            problems.append("probe.train is empty: list the labelled files to probe with, or remove the probe section")
+        if cfg.probe is not None and t.eval_every is None:
+            problems.append("the probe runs at each evaluation, but train.eval_every is null: set it to a step count")
     if stage == "finetune":
         if not m.checkpoint:
             problems.append("model.checkpoint is required for finetune: a checkpoint dir, e.g. runs/mini/final")
@@ -469,6 +490,8 @@ def resolve_paths(cfg: Config, cwd: Path | None = None) -> Config:
         "tokenizer": cfg.tokenizer.model_copy(update={"path": fix(cfg.tokenizer.path)}),
         "model": cfg.model.model_copy(update={"checkpoint": fix(cfg.model.checkpoint)}),
     }
+    if cfg.probe is not None:
+        update["probe"] = cfg.probe.model_copy(update={"train": fix_list(cfg.probe.train), "validation": fix_list(cfg.probe.validation)})
     if cfg.output_dir is not None:
         update["output_dir"] = _abs(cfg.output_dir, cwd)
     return cfg.model_copy(update=update)

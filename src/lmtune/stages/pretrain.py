@@ -25,6 +25,7 @@ from lmtune import data, engine, runs
 from lmtune.config import Config
 from lmtune.errors import DataError
 from lmtune.modeling import use_attention, build_mlm, check_compatible, evaluate_mlm, mlm_loss
+from lmtune.probe import build_probe, probe_scores
 from lmtune.tokenization import load_tokenizer, train_tokenizer
 from lmtune.stages.common import open_run, place_run, run_training
 from lmtune.ui import TrainingDisplay
@@ -131,6 +132,10 @@ def pretrain(
         cfg.model.arch, model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size, n_params / 1e6,
     )
     train_blocks, val_blocks = pack(cfg, tokenizer, train_ds, val_ds)
+    probe = None
+    if cfg.probe is not None:
+        probe = build_probe(cfg.probe, tokenizer, cfg.data.max_length, cfg.seed, cfg.data.cache_dir)
+        log.info("probe: %d training and %d held-out labelled rows", len(probe.y_train), len(probe.y_validation))
 
     run_dir = open_run(
         cfg,
@@ -161,7 +166,10 @@ def pretrain(
         # a fixed "epoch" (-1) keeps validation masks identical at every evaluation
         stream = data.block_batches(val_blocks, t.batch_size, cfg.seed, -1, masker, shuffle=False)
         capped = (b for i, b in zip(range(eval_cap or 1 << 62), stream))
-        return evaluate_mlm(model, capped, placement.device)
+        metrics = evaluate_mlm(model, capped, placement.device)
+        if probe is not None:
+            metrics.update(probe_scores(model, probe, t.batch_size, placement.device))
+        return metrics
 
     task = engine.Task(
         model=model,
