@@ -231,3 +231,27 @@ def test_modernbert_pretrains_finetunes_and_reloads_without_lmtune(tmp_path, run
     classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "best")
     assert type(classifier).__name__ == "ModernBertForSequenceClassification"
     assert classifier.config.classifier_pooling == "mean"
+
+
+def test_checkpoint_code_does_not_run_unless_trusted(tmp_path, runner, pretrained):
+    """A checkpoint whose config points at Python code shipped with it is refused by default,
+    and the code never runs."""
+    import shutil
+
+    checkpoint = tmp_path / "shady"
+    shutil.copytree(pretrained, checkpoint)
+    marker = tmp_path / "code-ran"
+    (checkpoint / "shady_code.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "from transformers import BertConfig\nclass ShadyConfig(BertConfig):\n    model_type = 'shady'\n"
+    )
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "shady_code.ShadyConfig"}
+    config["model_type"] = "shady"  # no built-in class to fall back on: only the shipped code could load it
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    ft = finetune_config(tmp_path, checkpoint, "reviews")
+    result = invoke(runner, "finetune", ft)
+    assert result.exit_code == 2, result.output
+    assert "trust_remote_code" in result.output
+    assert not marker.exists()
+    assert not (tmp_path / "run").exists()

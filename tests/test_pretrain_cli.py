@@ -371,3 +371,36 @@ def test_probe_problems_are_config_errors(tmp_path, runner):
     result = invoke(runner, "pretrain", config)
     assert result.exit_code == 2 and "one class label per row" in result.output, result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_sigkill_mid_training_then_resume_ends_bitwise_equal(tmp_path):
+    """A process killed with SIGKILL, then resumed, ends with the weights of an uninterrupted run,
+    and its metrics log holds every step once."""
+    import signal
+    import time
+
+    config = tiny_config(
+        tmp_path, train={"batch_size": 16, "lr": 2.0e-3, "max_steps": 300, "save_every": 10, "keep_last": 2, "eval_every": None, "log_every": 1}
+    )
+    cmd = [sys.executable, "-m", "lmtune", "pretrain", str(config), "--precision", "fp32", "--output-dir"]
+    full = subprocess.run([*cmd, str(tmp_path / "full")], capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        metrics = killed / "metrics.jsonl"
+        if metrics.is_file() and metrics.read_text().count('"train"') >= 25:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists(), "the run finished before it could be killed"
+
+    result = subprocess.run([*cmd, str(killed), "--resume"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    a, b = load_file(tmp_path / "full" / "final" / "model.safetensors"), load_file(killed / "final" / "model.safetensors")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    steps = [r["step"] for r in read_metrics(killed / "metrics.jsonl") if r["type"] == "train"]
+    assert steps == list(range(1, 301))

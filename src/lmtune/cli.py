@@ -7,6 +7,7 @@ Exit codes: 0 success; 2 anything the user can fix (one message on stderr, no tr
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -94,6 +95,58 @@ def _main(
     """Pretrain a BERT-style masked language model on your own text, from one YAML config."""
 
 
+NprocOption = Annotated[
+    int,
+    typer.Option(
+        "--nproc", min=1, help="Train in N processes on this machine (one per GPU, or N CPU processes); "
+        "train.batch_size is per process.",
+    ),
+]
+
+
+def _train_command(
+    stage: str,
+    config: Path,
+    set_: list[str] | None,
+    flags: dict[str, Any],
+    resume: bool,
+    force: bool,
+    overwrite: bool,
+    verbose: bool,
+    nproc: int,
+    report: Callable[[Any], None],
+) -> None:
+    """What `pretrain` and `finetune` share: checks, the multi-process launch, the run, the report."""
+    from lmtune import distributed, ui
+    from lmtune.config import load_config
+
+    ui.setup_logging(verbose)
+    if resume and overwrite:
+        ui.error("--resume and --overwrite contradict each other: choose one")
+        raise typer.Exit(2)
+    if nproc > 1 and not distributed.launched():
+        argv = [stage, str(config), *[a for s in set_ or [] for a in ("--set", s)]]
+        for name, value in flags.items():
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+        argv += [f for f, on in (("--resume", resume), ("--force", force), ("--overwrite", overwrite), ("--verbose", verbose)) if on]
+        raise typer.Exit(distributed.spawn(nproc, argv))
+
+    def run() -> None:
+        if stage == "pretrain":
+            from lmtune.stages.pretrain import pretrain as train_stage
+        else:
+            from lmtune.stages.finetune import finetune as train_stage
+        cfg = load_config(config, set_ or [], stage=stage, values=flags)  # type: ignore[arg-type]
+        try:
+            result = train_stage(cfg, overwrite=overwrite, resume=resume, display=ui.TrainingDisplay(), force=force)
+        finally:
+            distributed.shutdown()
+        if os.environ.get("RANK", "0") == "0":  # several processes: rank 0 reports
+            report(result)
+
+    _guarded(run)
+
+
 @app.command()
 def pretrain(
     config: Annotated[Path, typer.Argument(help="The YAML config (see configs/pretrain/).")],
@@ -104,6 +157,7 @@ def pretrain(
     resume: ResumeOption = False,
     force: ForceOption = False,
     overwrite: OverwriteOption = False,
+    nproc: NprocOption = 1,
     verbose: VerboseOption = False,
 ) -> None:
     """Train a tokenizer and a masked language model from scratch on your text.
@@ -112,15 +166,8 @@ def pretrain(
     config.yaml, manifest.json, metrics.jsonl and resumable checkpoints/.
     """
     from lmtune import ui
-    from lmtune.config import load_config
 
-    ui.setup_logging(verbose)
-
-    def run() -> None:
-        from lmtune.stages.pretrain import pretrain as run_pretrain
-
-        cfg = load_config(config, set_ or [], stage="pretrain", values=_flag_values(output_dir, device, precision))
-        result = run_pretrain(cfg, overwrite=overwrite, resume=resume, display=ui.TrainingDisplay(), force=force)
+    def report(result: Any) -> None:
         ui.summary_table(
             "pretraining done",
             {
@@ -132,10 +179,8 @@ def pretrain(
             },
         )
 
-    if resume and overwrite:
-        ui.error("--resume and --overwrite contradict each other: choose one")
-        raise typer.Exit(2)
-    _guarded(run)
+    flags = _flag_values(output_dir, device, precision)
+    _train_command("pretrain", config, set_, flags, resume, force, overwrite, verbose, nproc, report)
 
 
 @app.command()
@@ -148,6 +193,7 @@ def finetune(
     resume: ResumeOption = False,
     force: ForceOption = False,
     overwrite: OverwriteOption = False,
+    nproc: NprocOption = 1,
     verbose: VerboseOption = False,
 ) -> None:
     """Fine-tune a checkpoint (lmtune's or any local BERT-family one) into a text classifier.
@@ -156,15 +202,8 @@ def finetune(
     config carries the label names, plus config.yaml, manifest.json and metrics.jsonl.
     """
     from lmtune import ui
-    from lmtune.config import load_config
 
-    ui.setup_logging(verbose)
-
-    def run() -> None:
-        from lmtune.stages.finetune import finetune as run_finetune
-
-        cfg = load_config(config, set_ or [], stage="finetune", values=_flag_values(output_dir, device, precision))
-        result = run_finetune(cfg, overwrite=overwrite, resume=resume, display=ui.TrainingDisplay(), force=force)
+    def report(result: Any) -> None:
         rows: dict[str, Any] = {"run dir": str(result.run_dir), "problem": result.spec.problem, "steps": result.steps}
         if result.best:
             rows[f"best {result.best['metric']}"] = result.best["value"]
@@ -172,10 +211,8 @@ def finetune(
         rows.update({k.removeprefix("eval_"): v for k, v in result.metrics.items()})
         ui.summary_table("fine-tuning done (validation)", rows)
 
-    if resume and overwrite:
-        ui.error("--resume and --overwrite contradict each other: choose one")
-        raise typer.Exit(2)
-    _guarded(run)
+    flags = _flag_values(output_dir, device, precision)
+    _train_command("finetune", config, set_, flags, resume, force, overwrite, verbose, nproc, report)
 
 
 @app.command("eval")

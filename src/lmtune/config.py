@@ -66,6 +66,9 @@ class ModelSection(_Section):
     dropout: float | None = Field(
         None, ge=0.0, lt=1.0, description="hidden and attention dropout; null: 0 for pretraining (Cramming)"
     )
+    trust_remote_code: bool = Field(
+        False, description="finetune/eval: run Python code shipped with a checkpoint (only for checkpoints you trust)"
+    )
     attention: Literal["auto", "eager", "sdpa"] = Field(
         "auto", description="attention kernel; auto: eager on the CPU (faster there at these sizes), sdpa elsewhere"
     )
@@ -141,6 +144,9 @@ class TrainSection(_Section):
     eval_max_batches: int | None = Field(50, ge=1, description="cap on validation batches per evaluation")
     save_every: int | None = Field(1000, ge=1, description="steps between resumable checkpoints; null: none")
     keep_last: int = Field(2, ge=1, description="resumable checkpoints kept")
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a NaN/inf loss or gradient: stop (the last checkpoint stays) or skip that update and count it"
+    )
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; null: one per core")
 
 

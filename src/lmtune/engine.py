@@ -12,20 +12,24 @@ step counter to find its place in the data: resuming replays no batch and skips 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
+from lmtune import distributed
 from lmtune.config import TrainSection
 from lmtune.devices import Placement
 from lmtune.errors import ConfigError, DataError, LmtuneError, NumericalError, TrainingInterrupted
@@ -35,6 +39,7 @@ from lmtune.ui import TrainingDisplay
 log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
+MAX_SKIPPED_IN_A_ROW = 10  # with train.nonfinite: skip, this many bad updates in a row still stop the run
 
 
 @dataclass
@@ -140,13 +145,44 @@ def _checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint (one whose state.json was written last, after everything else)."""
-    for path in reversed(_checkpoint_dirs(run_dir)):
-        if (path / "state.json").is_file() and (path / "model.safetensors").is_file():
-            return path
-        log.warning("skipping incomplete checkpoint %s", path)
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "state.json")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint dir cannot be resumed from (missing, truncated or corrupt files), or None."""
+    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        state = json.loads((path / "state.json").read_text())
+        int(state["step"]), float(state["elapsed_s"])
+    except (ValueError, KeyError, TypeError):
+        return "state.json is unreadable"
+    try:
+        with safe_open(str(path / "model.safetensors"), framework="pt") as weights:
+            for key in weights.keys():
+                weights.get_slice(key)
+    except Exception as exc:  # safetensors raises its own error types for truncated headers
+        return f"model.safetensors is corrupt ({exc})"
+    for name in ("optimizer.pt", "rng.pt", "scaler.pt"):
+        if (path / name).is_file() and not zipfile.is_zipfile(path / name):
+            return f"{name} is corrupt"
     return None
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint that is complete and intact; broken newer ones are skipped with a warning."""
+    for path in reversed(_checkpoint_dirs(run_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        log.warning("skipping checkpoint %s: %s", path, problem)
+    return None
+
+
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a checkpoint was saved at."""
+    return int(json.loads((path / "state.json").read_text())["step"])
 
 
 def save_checkpoint(
@@ -222,16 +258,21 @@ def train(
         DataError: when the data cannot fill a single optimizer step.
         NumericalError: when the loss stops being finite.
     """
-    display = display or TrainingDisplay(live=False)
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0  # with several processes, only rank 0 evaluates, writes and displays
+    display = display if display is not None and main else TrainingDisplay(live=False)
     model = task.model.to(placement.device)
     model.train()
+    params = list(model.parameters())
     if cfg.num_threads and placement.device.type == "cpu":
         torch.set_num_threads(cfg.num_threads)
-    steps_per_epoch = task.batches_per_epoch // cfg.grad_accum
+    per_step = cfg.grad_accum * world  # micro-batches of the data order consumed by one optimizer step
+    steps_per_epoch = task.batches_per_epoch // per_step
     if steps_per_epoch == 0:
+        processes = f" x {world} processes" if world > 1 else ""
         raise DataError(
             f"the training data gives {task.batches_per_epoch} batches of train.batch_size={cfg.batch_size}, fewer than "
-            f"train.grad_accum={cfg.grad_accum}: add data or lower train.batch_size / train.grad_accum"
+            f"train.grad_accum={cfg.grad_accum}{processes}: add data or lower train.batch_size / train.grad_accum"
         )
     budget = Budget.from_config(cfg, steps_per_epoch)
     optimizer = build_optimizer(model, cfg, placement.device, task.param_groups)
@@ -239,10 +280,12 @@ def train(
     scaler = torch.amp.GradScaler(placement.device.type) if placement.needs_grad_scaler else None
 
     step, elapsed_before = 0, 0.0
+    skipped, skipped_in_a_row, bad_value = 0, 0, None  # updates skipped for non-finite values (train.nonfinite)
     best: dict[str, Any] | None = None
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer, scaler)
         step, elapsed_before, best = state["step"], state["elapsed_s"], state.get("best")
+        skipped = state.get("skipped_steps", 0)
         display.message(f"resumed from {resume_from} at step {step}")
     bad_evals = 0 if best is None else best.get("bad_evals", 0)
 
@@ -252,8 +295,9 @@ def train(
     eval_seconds = 0.0
     stopped_by = "budget"
     display.start(
-        f"training on {placement.device} in {placement.precision}: {steps_per_epoch} steps per epoch of "
-        f"{cfg.batch_size * cfg.grad_accum} sequences"
+        f"training on {placement.device} in {placement.precision}"
+        + (f" in {world} processes" if world > 1 else "")
+        + f": {steps_per_epoch} steps per epoch of {cfg.batch_size * per_step} sequences"
         + (f", at most {budget.max_steps} steps" if budget.max_steps else "")
         + (f", at most {budget.max_seconds / 60:g} minutes" if budget.max_seconds else "")
     )
@@ -262,7 +306,8 @@ def train(
         return elapsed_before + time.perf_counter() - start
 
     def checkpoint_state() -> dict[str, Any]:
-        return {"step": step, "elapsed_s": elapsed(), "best": None if best is None else {**best, "bad_evals": bad_evals}}
+        best_state = None if best is None else {**best, "bad_evals": bad_evals}
+        return {"step": step, "elapsed_s": elapsed(), "best": best_state, "skipped_steps": skipped}
 
     def run_eval() -> bool:
         """Evaluate, log, keep best/; return True when early stopping says stop."""
@@ -299,43 +344,75 @@ def train(
     epoch = step // steps_per_epoch
     try:
         while not done:
-            first = (step % steps_per_epoch) * cfg.grad_accum
+            first = (step % steps_per_epoch) * per_step
             micro = 0
-            for batch in task.batches(epoch, first):
+            # this process's share: every world-th micro-batch, up to the last whole step of the epoch
+            mine = itertools.islice(task.batches(epoch, first), rank, steps_per_epoch * per_step - first, world)
+            for batch in mine:
                 batch = _to_device(batch, placement.device)
-                with placement.autocast():
-                    loss, _ = task.loss(model, batch)
-                if not torch.isfinite(loss):
-                    raise NumericalError(
-                        f"the loss became {loss.item()} at step {step + 1}: lower train.lr (now {cfg.lr:g}), "
-                        "keep train.max_grad_norm set, or use precision fp32/bf16 instead of fp16"
-                    )
-                scaled = loss / cfg.grad_accum
-                (scaler.scale(scaled) if scaler else scaled).backward()
-                window_loss += loss.item() / cfg.grad_accum
-                window_units += task.count(batch)
                 micro += 1
+                if bad_value is None:  # after a non-finite loss the step's other micro-batches are skipped too
+                    with placement.autocast():
+                        loss, _ = task.loss(model, batch)
+                    value = loss.item()
+                    if math.isfinite(value):
+                        scaled = loss / cfg.grad_accum
+                        (scaler.scale(scaled) if scaler else scaled).backward()
+                        window_loss += value / cfg.grad_accum
+                    else:
+                        bad_value = f"the loss became {value}"
+                window_units += task.count(batch)
                 if micro % cfg.grad_accum:
                     continue
-                progress = budget.progress(step + 1, elapsed())
+                clock = elapsed()
+                if world > 1:  # every process must agree on skipping, the clock (the LR) and stopping
+                    bad_anywhere, clock = distributed.max_over_ranks([float(bad_value is not None), clock], placement.device)
+                    if bad_anywhere and bad_value is None:
+                        bad_value = "a non-finite loss in another process"
+                    if bad_value is None:
+                        distributed.average_gradients(params)
+                progress = budget.progress(step + 1, clock)
                 lr = cfg.lr * lr_factor(cfg, budget, step, progress)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
                 if scaler:
                     scaler.unscale_(optimizer)
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                if scaler:
+                norm = None
+                if bad_value is None and cfg.max_grad_norm:
+                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                elif bad_value is None and not scaler:
+                    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                if norm is not None and not scaler and not torch.isfinite(norm):  # fp16's scaler skips overflows itself
+                    bad_value = f"the gradient norm became {norm.item()}"
+                if bad_value is not None:
+                    skipped += 1
+                    where = f"{bad_value} at step {step + 1}"
+                    if cfg.nonfinite == "stop" or skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW - 1:
+                        why = "" if cfg.nonfinite == "stop" else f" ({MAX_SKIPPED_IN_A_ROW} steps in a row)"
+                        raise NumericalError(
+                            f"{where}{why}: lower train.lr (now {cfg.lr:g}), keep train.max_grad_norm set, or use "
+                            "precision fp32/bf16 instead of fp16; the last checkpoint in checkpoints/ is intact"
+                        )
+                    skipped_in_a_row += 1
+                    display.message(f"{where}: skipped that update (train.nonfinite: skip; {skipped} so far)")
+                    optimizer.zero_grad(set_to_none=True)
+                elif scaler:
                     scaler.step(optimizer)
                     scaler.update()
+                    skipped_in_a_row = 0
                 else:
                     optimizer.step()
+                    skipped_in_a_row = 0
                 optimizer.zero_grad(set_to_none=True)
+                bad_value = None
                 step += 1
                 window_steps += 1
-                progress = budget.progress(step, elapsed())
+                progress = budget.progress(step, clock if world > 1 else elapsed())
                 done = progress >= 1.0
                 log_now = step % cfg.log_every == 0 or done
+                if log_now and world > 1:
+                    loss_sum, units_sum = distributed.sum_over_ranks([window_loss, float(window_units)], placement.device)
+                    window_loss, window_units = loss_sum / world, int(units_sum)
                 now = time.perf_counter()
                 rate = window_units / max(now - window_start, 1e-9)
                 record = {
@@ -350,15 +427,19 @@ def train(
                     "eta_s": (elapsed() - eval_seconds) * (1 - progress) / progress if 0 < progress < 1 else 0.0,
                     "max_steps": budget.max_steps,
                 }
+                if skipped:
+                    record["skipped_steps"] = skipped
                 display.update(record, log_now)
                 if log_now:
-                    metrics.write({k: v for k, v in record.items() if k != "max_steps"})
+                    if main:
+                        metrics.write({k: v for k, v in record.items() if k != "max_steps"})
                     window_start, window_units, window_loss, window_steps = now, 0, 0.0, 0
                 paused = time.perf_counter()  # evaluation and saving do not count against throughput
                 if task.evaluate and eval_interval and step % eval_interval == 0 and not done:
-                    if run_eval():
+                    stop = run_eval() if main else False
+                    if distributed.broadcast_flag(stop, placement.device):
                         done, stopped_by = True, "early stopping"
-                if cfg.save_every and step % cfg.save_every == 0 and not done:
+                if cfg.save_every and step % cfg.save_every == 0 and not done and main:
                     save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last)
                 window_start += time.perf_counter() - paused
                 if done:
@@ -366,14 +447,18 @@ def train(
             epoch += 1
     except KeyboardInterrupt:
         display.close()
+        if not main:
+            raise TrainingInterrupted(f"interrupted at step {step}") from None
         where = save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last) if step else None
         saved = f"saved {where}; continue with the same command plus --resume" if where else "nothing to save yet"
         raise TrainingInterrupted(f"interrupted at step {step}: {saved}") from None
 
-    if task.evaluate and stopped_by != "early stopping":  # in-loop evaluations skip the last step
-        run_eval()
-    display.close()
-    task.save(model, run_dir / "final")
+    if main:
+        if task.evaluate and stopped_by != "early stopping":  # in-loop evaluations skip the last step
+            run_eval()
+        display.close()
+        task.save(model, run_dir / "final")
+    distributed.barrier()
     return TrainResult(steps=step, seconds=elapsed(), stopped_by=stopped_by, last_eval=last_eval, best=best)
 
 

@@ -187,13 +187,29 @@ def is_classifier_checkpoint(config: Any) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
 
 
-def load_for_finetuning(checkpoint: str, spec: LabelSpec, dropout: float | None) -> tuple[PreTrainedModel, str]:
+def checkpoint_config(checkpoint: str, trust_remote_code: bool = False) -> Any:
+    """A checkpoint's config, with a clear error when it needs code the user has not trusted."""
+    try:
+        return AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ConfigError(
+                f"model.checkpoint={checkpoint!r} ships its own Python code, which lmtune does not run unless the "
+                "config sets model.trust_remote_code: true (do that only for checkpoints you trust)"
+            ) from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"model.checkpoint={checkpoint!r}: cannot read its config.json ({first})") from None
+
+
+def load_for_finetuning(
+    checkpoint: str, spec: LabelSpec, dropout: float | None, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, str]:
     """A sequence classifier from `checkpoint` with a head sized for `spec`.
 
     Returns:
         (model, note) where note says whether the head is new or reused.
     """
-    config = AutoConfig.from_pretrained(checkpoint)
+    config = checkpoint_config(checkpoint, trust_remote_code)
     reuse = is_classifier_checkpoint(config) and config.num_labels == spec.num_labels and dict(config.label2id or {}) == spec.label2id
     overrides: dict[str, Any] = {
         "num_labels": spec.num_labels,
@@ -206,7 +222,9 @@ def load_for_finetuning(checkpoint: str, spec: LabelSpec, dropout: float | None)
     elif config.model_type != "modernbert" and getattr(config, "hidden_dropout_prob", 0.1) == 0.0:
         # BERT checkpoints pretrained without dropout (lmtune's default) fine-tune better with the usual 0.1
         overrides.update(dropout_fields(config, 0.1))
-    model = AutoModelForSequenceClassification.from_pretrained(checkpoint, ignore_mismatched_sizes=not reuse, **overrides)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        checkpoint, ignore_mismatched_sizes=not reuse, trust_remote_code=trust_remote_code, **overrides
+    )
     kind = "its classification head" if reuse else f"a new classification head ({spec.num_labels} outputs)"
     source = ", ".join(getattr(config, "architectures", None) or [config.model_type])
     return model, f"loaded {source} from {checkpoint} with {kind}"

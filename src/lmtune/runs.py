@@ -22,10 +22,29 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
     """Refuse an output dir that already holds something, unless `overwrite` (checked before any work)."""
     if path.exists() and not path.is_dir():
         raise RunDirError(f"output_dir {path} exists and is a file: choose another --output-dir")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"output_dir {path} already exists and is not empty: pass --overwrite to replace it, "
+                "or choose another --output-dir"
+            )
+        check_replaceable(path)
+
+
+RUN_MARKERS = ("manifest.json", "config.yaml", "metrics.jsonl", "final", "checkpoints")
+
+
+def check_replaceable(path: Path) -> None:
+    """--overwrite deletes the output dir: refuse unless it is empty or holds an lmtune run, and never
+    the filesystem root, the home dir, the working dir or one of its parents."""
+    resolved = path.resolve()
+    protected = {Path(resolved.anchor), Path.home().resolve(), *Path.cwd().resolve().parents, Path.cwd().resolve()}
+    if resolved in protected:
+        raise RunDirError(f"--overwrite would delete {resolved}, which holds more than a run: choose a dedicated --output-dir")
+    if resolved.is_dir() and any(resolved.iterdir()) and not any((resolved / m).exists() for m in RUN_MARKERS):
         raise RunDirError(
-            f"output_dir {path} already exists and is not empty: pass --overwrite to replace it, "
-            "or choose another --output-dir"
+            f"--overwrite would delete {resolved}, which is not an lmtune run dir (no manifest.json, config.yaml, "
+            "final/ or checkpoints/): choose another --output-dir or empty it yourself"
         )
 
 
@@ -89,8 +108,29 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Every record of a metrics.jsonl file."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Every record of a metrics.jsonl file (a last line cut short by a crash is left out)."""
+    records = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+    return records
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop records past `step` (written after the checkpoint a run resumes from), so the log of a
+    resumed run reads as if it had never stopped."""
+    if not path.is_file():
+        return
+    kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.replace(path)
 
 
 def save_hf_checkpoint(model: Any, tokenizer: Any, path: Path) -> None:

@@ -155,7 +155,7 @@ def batched(items: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
         yield batch
 
 
-def load_checkpoint_tokenizer(checkpoint: str) -> PreTrainedTokenizerBase:
+def load_checkpoint_tokenizer(checkpoint: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer saved with a model checkpoint (a local dir, or a hub name when online).
 
     Raises:
@@ -179,7 +179,7 @@ def load_checkpoint_tokenizer(checkpoint: str) -> PreTrainedTokenizerBase:
         if not any((path / name).is_file() for name in ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")):
             raise ConfigError(f"model.checkpoint={checkpoint!r} has no tokenizer files (tokenizer.json, vocab.txt ...)")
     try:
-        return AutoTokenizer.from_pretrained(checkpoint)
+        return AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         where = "the dir has no usable tokenizer files" if path.is_dir() else "it is not a local dir and the hub is not reachable"

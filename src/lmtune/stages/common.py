@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
-from lmtune import devices, engine, runs
+import torch
+
+from lmtune import devices, distributed, engine, runs
 from lmtune.config import Config, to_yaml
 from lmtune.devices import Placement
 from lmtune.errors import RunDirError
@@ -54,6 +58,14 @@ def place_run(cfg: Config, resume: bool, overwrite: bool, force: bool = False) -
     Resuming with a config that changes what training computes is refused (with the diff) unless `force`.
     """
     placement = devices.resolve(cfg.device, cfg.precision)
+    if distributed.launched():
+        distributed.init(placement.device.type)
+        if not distributed.is_main():  # one voice: the other processes only warn
+            logging.getLogger("lmtune").setLevel(logging.WARNING)
+        if placement.device.type == "cuda":
+            placement = dataclasses.replace(placement, device=torch.device("cuda", distributed.local_rank()))
+            torch.cuda.set_device(placement.device)
+        log.info("distributed: %d processes (%s)", distributed.world_size(), torch.distributed.get_backend())
     log.info("device: %s, precision: %s (%s)", placement.device, placement.precision, placement.reason)
     out = Path(cfg.output_dir or "")
     if not resume:
@@ -74,7 +86,10 @@ def place_run(cfg: Config, resume: bool, overwrite: bool, force: bool = False) -
 
 
 def open_run(cfg: Config, out: Path, overwrite: bool, resume_from: Path | None, **manifest: Any) -> Path:
-    """Create (or reuse, when resuming) the run dir; write config.yaml and manifest.json."""
+    """Create (or reuse, when resuming) the run dir; write config.yaml and manifest.json (rank 0 only)."""
+    if not distributed.is_main():
+        return out
+    manifest["processes"] = distributed.world_size()
     run_dir = out if resume_from else runs.prepare_output_dir(out, overwrite)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     runs.write_manifest(run_dir, seed=cfg.seed, resumed_from=str(resume_from) if resume_from else None, **manifest)
@@ -85,7 +100,10 @@ def run_training(
     task: engine.Task, cfg: Config, placement: Placement, run_dir: Path, display: TrainingDisplay | None, resume_from: Path | None
 ) -> engine.TrainResult:
     """Train with the shared engine, logging to run_dir/metrics.jsonl."""
-    metrics = runs.MetricsLog(run_dir / "metrics.jsonl")
+    main = distributed.is_main()
+    if resume_from is not None and main:
+        runs.truncate_metrics(run_dir / "metrics.jsonl", engine.checkpoint_step(resume_from))
+    metrics = runs.MetricsLog(run_dir / "metrics.jsonl" if main else Path(os.devnull))
     try:
         return engine.train(task, cfg.train, placement, run_dir, metrics, display, resume_from)
     finally:

@@ -20,7 +20,7 @@ from lmtune import data, devices, metrics
 from lmtune.config import Config
 from lmtune.errors import ConfigError
 from lmtune.labels import LabelSpec, encode
-from lmtune.modeling import classifier_outputs, evaluate_mlm, is_classifier_checkpoint
+from lmtune.modeling import checkpoint_config, classifier_outputs, evaluate_mlm, is_classifier_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +74,18 @@ def predict_scores(model: Any, encoded: data.Encoded, pad_id: int, batch_size: i
 
 def evaluate(checkpoint: Path, data_files: list[str], cfg: Config, output_dir: Path | None = None) -> EvalResult:
     """Evaluate `checkpoint` on `data_files`, with columns, lengths and device from `cfg`."""
-    from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     from lmtune.tokenization import load_checkpoint_tokenizer
 
     if not data_files:
         raise ConfigError("nothing to evaluate on: pass --data FILE (or set data.test in the config)")
     placement = devices.resolve(cfg.device, "fp32" if cfg.precision == "auto" else cfg.precision)
-    tokenizer = load_checkpoint_tokenizer(str(checkpoint))
-    model_config = AutoConfig.from_pretrained(checkpoint)
+    remote = cfg.model.trust_remote_code
+    if remote:
+        log.warning("model.trust_remote_code is true: Python code shipped with %s may run", checkpoint)
+    tokenizer = load_checkpoint_tokenizer(str(checkpoint), remote)
+    model_config = checkpoint_config(str(checkpoint), remote)
     out = output_dir or default_output_dir(checkpoint, data_files)
     d = cfg.data
     if is_classifier_checkpoint(model_config):
@@ -92,7 +95,7 @@ def evaluate(checkpoint: Path, data_files: list[str], cfg: Config, output_dir: P
         targets = encode(rows[d.label_column], spec, "--data", d.label_column)
         pairs = rows[d.text_pair_column] if d.text_pair_column else None
         encoded = data.encode_rows(tokenizer, rows[d.text_column], pairs, d.max_length, targets)
-        model = AutoModelForSequenceClassification.from_pretrained(checkpoint).to(placement.device).eval()
+        model = AutoModelForSequenceClassification.from_pretrained(checkpoint, trust_remote_code=remote).to(placement.device).eval()
         with torch.inference_mode(), placement.autocast():
             scores = predict_scores(model, encoded, tokenizer.pad_token_id, cfg.train.batch_size * 2, placement.device)
         results = score_predictions(scores, targets, spec)
@@ -103,7 +106,7 @@ def evaluate(checkpoint: Path, data_files: list[str], cfg: Config, output_dir: P
         kind = "classifier"
     else:
         texts, _ = data.load_texts(data_files, "--data", d.text_column, d.txt_unit, d.cache_dir)
-        model = AutoModelForMaskedLM.from_pretrained(checkpoint).to(placement.device).eval()
+        model = AutoModelForMaskedLM.from_pretrained(checkpoint, trust_remote_code=remote).to(placement.device).eval()
         blocks = torch.from_numpy(data.pack_blocks(texts, tokenizer, min(d.max_length, tokenizer.model_max_length), d.num_proc, "evaluation"))
         if len(blocks) == 0:
             raise ConfigError(f"--data: the text is shorter than one block of data.max_length={d.max_length} tokens")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmtune import data, engine, runs
+from lmtune import distributed, data, engine, runs
 from lmtune.config import Config
 from lmtune.errors import ConfigError, DataError
 from lmtune.labels import LabelSpec, class_weights, encode, infer_spec
@@ -96,15 +96,20 @@ def finetune(
     placement, out, resume_from = place_run(cfg, resume, overwrite, force)
     d, f = cfg.data, cfg.finetune
     checkpoint = cfg.model.checkpoint or ""
-    tokenizer = load_checkpoint_tokenizer(checkpoint)
-    train_rows, val_rows, spec, files = load_splits(cfg)
+    remote = cfg.model.trust_remote_code
+    if remote:
+        log.warning("model.trust_remote_code is true: Python code shipped with %s may run", checkpoint)
+    tokenizer = load_checkpoint_tokenizer(checkpoint, remote)
+    with distributed.main_first():  # the other processes reuse rank 0's data caches
+        train_rows, val_rows, spec, files = load_splits(cfg)
     how = "inferred from the label column" if f.problem == "auto" else "as configured"
     log.info("problem: %s (%s)%s", spec.problem, how, f", {len(spec.names)} labels: {', '.join(spec.names[:10])}" if spec.names else "")
     y_train = encode(train_rows[d.label_column], spec, "data.train", d.label_column)
     y_val = encode(val_rows[d.label_column], spec, "data.validation", d.label_column)
     log.info("data: %d training and %d validation rows from %d file(s)", len(train_rows), len(val_rows), len(files))
 
-    model, note = load_for_finetuning(checkpoint, spec, cfg.model.dropout)
+    torch.manual_seed(cfg.seed)  # the new head's initialisation (and dropout) follow the seed
+    model, note = load_for_finetuning(checkpoint, spec, cfg.model.dropout, remote)
     log.info("model: %s", note)
     check_compatible(model, tokenizer, d.max_length)
     log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device))

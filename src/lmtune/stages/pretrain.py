@@ -21,7 +21,7 @@ import datasets
 import tokenizers
 import torch
 
-from lmtune import data, engine, runs
+from lmtune import data, distributed, engine, runs
 from lmtune.config import Config
 from lmtune.errors import DataError
 from lmtune.modeling import use_attention, build_mlm, check_compatible, evaluate_mlm, mlm_loss
@@ -121,21 +121,22 @@ def pretrain(
     """
     placement, out, resume_from = place_run(cfg, resume, overwrite, force)
 
-    train_ds, val_ds, files = load_corpus(cfg)
-    tokenizer = build_tokenizer(cfg, train_ds)
-    model = build_mlm(cfg.model, tokenizer, cfg.seed)
-    check_compatible(model, tokenizer, cfg.data.max_length)
-    log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device))
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info(
-        "model: %s, %d layers x %d wide, vocab %d, %.2fM parameters",
-        cfg.model.arch, model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size, n_params / 1e6,
-    )
-    train_blocks, val_blocks = pack(cfg, tokenizer, train_ds, val_ds)
-    probe = None
-    if cfg.probe is not None:
-        probe = build_probe(cfg.probe, tokenizer, cfg.data.max_length, cfg.seed, cfg.data.cache_dir)
-        log.info("probe: %d training and %d held-out labelled rows", len(probe.y_train), len(probe.y_validation))
+    with distributed.main_first():  # the other processes reuse rank 0's tokenizer and caches
+        train_ds, val_ds, files = load_corpus(cfg)
+        tokenizer = build_tokenizer(cfg, train_ds)
+        model = build_mlm(cfg.model, tokenizer, cfg.seed)
+        check_compatible(model, tokenizer, cfg.data.max_length)
+        log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device))
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info(
+            "model: %s, %d layers x %d wide, vocab %d, %.2fM parameters",
+            cfg.model.arch, model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size, n_params / 1e6,
+        )
+        train_blocks, val_blocks = pack(cfg, tokenizer, train_ds, val_ds)
+        probe = None
+        if cfg.probe is not None and distributed.is_main():
+            probe = build_probe(cfg.probe, tokenizer, cfg.data.max_length, cfg.seed, cfg.data.cache_dir)
+            log.info("probe: %d training and %d held-out labelled rows", len(probe.y_train), len(probe.y_validation))
 
     run_dir = open_run(
         cfg,

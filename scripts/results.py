@@ -1,0 +1,176 @@
+"""Regenerate docs/RESULTS.md's main table: each task x {TF-IDF, no pretraining, lmtune pretrained for
+a CPU budget, MiniLM}, test accuracy and macro-F1 as the mean and spread over fine-tuning seeds.
+
+Every number comes from a run this script starts (or finds finished) under runs/results/; nothing is
+typed in by hand. Steps, in the order they depend on each other:
+
+    python scripts/results.py pretrain               # configs/pretrain/cpu-hour.yaml (60 CPU minutes)
+                                                     # and the same architecture left at initialisation
+    python scripts/results.py snapshots              # the 60-minute run's checkpoints nearest 15 and
+                                                     # 30 minutes, as loadable model dirs
+    python scripts/results.py finetune --tasks tweets --models random lmtune-60 --seeds 0 1 2
+    python scripts/results.py table                  # prints the Markdown table (--json FILE too)
+
+A finished fine-tuning run (its eval-test/metrics.json exists) is not run again. Needs
+scripts/fetch_data.py all, and runs/baselines.json from scripts/baseline.py for the TF-IDF rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "runs" / "results"
+PRETRAIN_CONFIG = ROOT / "configs" / "pretrain" / "cpu-hour.yaml"
+PRETRAINED = ROOT / "runs" / "cpu-hour"
+TASKS = ("tweets", "bbc-news", "spam")
+SNAPSHOT_MINUTES = (15, 30)
+
+# model name -> (checkpoint dir, task config suffix, what the row says)
+MODELS: dict[str, tuple[Path, str, str]] = {
+    "random": (RESULTS / "random-init" / "final", "", "same architecture, no pretraining"),
+    "lmtune-15": (RESULTS / "cpu-hour-at-15min", "", "lmtune, the 60-minute run's checkpoint at 15 minutes"),
+    "lmtune-30": (RESULTS / "cpu-hour-at-30min", "", "lmtune, the 60-minute run's checkpoint at 30 minutes"),
+    "lmtune-60": (PRETRAINED / "final", "", "lmtune, pretrained 60 minutes"),
+    "minilm": (ROOT / "models" / "minilm-l6", "-minilm", "all-MiniLM-L6-v2 (pretrained at scale)"),
+}
+
+
+def lmtune(*args: object) -> None:
+    command = [sys.executable, "-m", "lmtune", *map(str, args)]
+    print("+ lmtune " + " ".join(map(str, args)), flush=True)
+    if subprocess.run(command, cwd=ROOT).returncode != 0:
+        sys.exit(f"error: lmtune {args[0]} failed")
+
+
+def pretrain(args: argparse.Namespace) -> None:
+    if not (PRETRAINED / "final").is_dir():
+        lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", PRETRAINED, "--overwrite")
+    random_init = RESULTS / "random-init"
+    if not (random_init / "final").is_dir():
+        # one step at a learning rate of ~0 leaves the initial weights, with the same tokenizer (cached)
+        lmtune(
+            "pretrain", PRETRAIN_CONFIG, "--output-dir", random_init, "--overwrite",
+            "--set", "train.max_steps=1", "--set", "train.lr=1e-12", "--set", "probe=null",
+        )
+
+
+def snapshots(args: argparse.Namespace) -> None:
+    """Model dirs from the checkpoints nearest each of SNAPSHOT_MINUTES (config and tokenizer from final/)."""
+    checkpoints = sorted((PRETRAINED / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
+    if not checkpoints:
+        sys.exit(f"error: {PRETRAINED}/checkpoints holds no checkpoints: run `results.py pretrain` first")
+    elapsed = {p: json.loads((p / "state.json").read_text())["elapsed_s"] for p in checkpoints}
+    for minutes in SNAPSHOT_MINUTES:
+        nearest = min(checkpoints, key=lambda p: abs(elapsed[p] - minutes * 60))
+        out = RESULTS / f"cpu-hour-at-{minutes}min"
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for f in (PRETRAINED / "final").iterdir():
+            if f.name != "model.safetensors":
+                shutil.copy2(f, tmp / f.name)
+        shutil.copy2(nearest / "model.safetensors", tmp / "model.safetensors")
+        (tmp / "snapshot.json").write_text(json.dumps({"checkpoint": str(nearest), "elapsed_s": elapsed[nearest]}) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        print(f"{out}: {nearest.name} at {elapsed[nearest] / 60:.1f} minutes")
+
+
+def run_dir(task: str, model: str, seed: int) -> Path:
+    return RESULTS / task / model / f"seed-{seed}"
+
+
+def finetune(args: argparse.Namespace) -> None:
+    for task in args.tasks:
+        for model in args.models:
+            checkpoint, suffix, _ = MODELS[model]
+            if not checkpoint.is_dir():
+                sys.exit(f"error: {checkpoint} is missing: run `results.py pretrain` / `snapshots` (or fetch minilm) first")
+            for seed in args.seeds:
+                out = run_dir(task, model, seed)
+                if (out / "eval-test" / "metrics.json").is_file():
+                    continue
+                config = ROOT / "configs" / "finetune" / f"{task}{suffix}.yaml"
+                extra = [a for s in args.set or [] for a in ("--set", s)]
+                start = time.perf_counter()
+                lmtune(
+                    "finetune", config, "--output-dir", out, "--overwrite",
+                    "--set", f"model.checkpoint={checkpoint}", "--set", f"seed={seed}", *extra,
+                )
+                lmtune("eval", out / "config.yaml", "--output-dir", out / "eval-test")
+                (out / "wall_s.json").write_text(json.dumps({"finetune_and_eval_s": time.perf_counter() - start}) + "\n")
+
+
+def collect() -> list[dict]:
+    rows = []
+    baselines = ROOT / "runs" / "baselines.json"
+    tfidf = {b["task"]: b for b in json.loads(baselines.read_text())} if baselines.is_file() else {}
+    for task in TASKS:
+        if task in tfidf:
+            b = tfidf[task]
+            rows.append({"task": task, "model": "tfidf", "what": "TF-IDF + logistic regression", "seeds": [],
+                         "accuracy": [b["test_accuracy"]], "f1_macro": [b["test_f1_macro"]], "steps": None})
+        for model, (checkpoint, _, what) in MODELS.items():
+            runs = sorted((RESULTS / task / model).glob("seed-*/eval-test/metrics.json"))
+            if not runs:
+                continue
+            metrics = [json.loads(p.read_text()) for p in runs]
+            train = [r for p in runs for r in _records(p.parent.parent / "metrics.jsonl") if r["type"] == "train"]
+            rows.append({
+                "task": task, "model": model, "what": what,
+                "seeds": [int(p.parent.parent.name.removeprefix("seed-")) for p in runs],
+                "accuracy": [m["accuracy"] for m in metrics], "f1_macro": [m["f1_macro"] for m in metrics],
+                "steps": max((r["step"] for r in train), default=None),
+            })
+    return rows
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _fmt(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def table(args: argparse.Namespace) -> None:
+    rows = collect()
+    print("| task | model | seeds | fine-tuning steps | test accuracy | test macro-F1 |")
+    print("| --- | --- | --- | ---: | ---: | ---: |")
+    for r in rows:
+        seeds = ", ".join(map(str, r["seeds"])) or "-"
+        steps = "" if r["steps"] is None else str(r["steps"])
+        print(f"| {r['task']} | {r['what']} | {seeds} | {steps} | {_fmt(r['accuracy'])} | {_fmt(r['f1_macro'])} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    print("\n(mean ± sample standard deviation over the listed fine-tuning seeds)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("pretrain", help="the 60-minute pretraining run and the random-initialisation model")
+    sub.add_parser("snapshots", help="model dirs from the 60-minute run's checkpoints at 15 and 30 minutes")
+    ft = sub.add_parser("finetune", help="fine-tune and evaluate each task x model x seed (skips finished runs)")
+    ft.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    ft.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ft.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ft.add_argument("--set", action="append", help="extra --set for every fine-tuning run, e.g. train.epochs=1")
+    tb = sub.add_parser("table", help="print the Markdown table of every finished run")
+    tb.add_argument("--json", help="also write the rows as JSON here")
+    args = parser.parse_args()
+    {"pretrain": pretrain, "snapshots": snapshots, "finetune": finetune, "table": table}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Several processes: `--nproc 2` on the CPU (gloo) against one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from lmtune.runs import read_metrics
+
+
+def lmtune(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmtune", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
+    config = tiny_config(
+        tmp_path, train={"batch_size": 8, "lr": 2.0e-3, "max_steps": 12, "eval_every": 6, "save_every": 6, "log_every": 1}
+    )
+    one, two = tmp_path / "one", tmp_path / "two"
+    # one process accumulating 2 micro-batches of 8 == two processes with 8 each
+    single = lmtune("pretrain", config, "--precision", "fp32", "--set", "train.grad_accum=2", "--output-dir", one)
+    assert single.returncode == 0, single.stderr
+    double = lmtune("pretrain", config, "--precision", "fp32", "--nproc", 2, "--output-dir", two)
+    assert double.returncode == 0, double.stderr
+    assert double.stdout.count("pretraining done") == 1  # rank 0 reports; the others stay quiet
+
+    def curve(run: Path, kind: str, key: str) -> list[float]:
+        return [r[key] for r in read_metrics(run / "metrics.jsonl") if r["type"] == kind]
+
+    assert len(curve(two, "train", "loss")) == 12  # one writer: no duplicated records
+    assert curve(one, "train", "loss") == pytest.approx(curve(two, "train", "loss"), rel=1e-4)
+    assert curve(one, "eval", "eval_loss") == pytest.approx(curve(two, "eval", "eval_loss"), rel=1e-4)
+    a, b = load_file(one / "final" / "model.safetensors"), load_file(two / "final" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert json.loads((two / "manifest.json").read_text())["processes"] == 2
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["step-6"]
+
+
+def test_a_failing_process_fails_the_launch_with_its_exit_code(tmp_path):
+    config = tiny_config(tmp_path, data={"train": [str(tmp_path / "missing.txt")]})
+    result = lmtune("pretrain", config, "--nproc", 2)
+    assert result.returncode == 2
+    assert "missing.txt" in result.stderr

@@ -1,0 +1,117 @@
+"""The training engine's fault handling: non-finite values, broken checkpoints, resumed metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmtune import devices, engine, runs
+from lmtune.config import TrainSection
+from lmtune.errors import NumericalError
+
+
+class Line(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(4, 4))
+
+
+def nan_task(bad_batches: set[int]) -> engine.Task:
+    """A 4x4 least-squares problem whose loss is NaN on the listed (global) micro-batches."""
+    model = Line()
+    seen = {"n": 0}
+
+    def batches(epoch: int, first: int):
+        for i in range(first, 8):
+            yield {"x": torch.full((2, 4), float(epoch * 8 + i + 1))}
+
+    def loss(model, batch):
+        index = seen["n"]
+        seen["n"] += 1
+        value = ((batch["x"] @ model.w) ** 2).mean() * 1e-4
+        return (value * float("nan") if index in bad_batches else value), {}
+
+    return engine.Task(
+        model=model, batches=batches, batches_per_epoch=8, loss=loss, save=lambda m, p: p.mkdir(exist_ok=True), count=lambda b: 2
+    )
+
+
+def train(task: engine.Task, tmp_path: Path, **train) -> engine.TrainResult:
+    cfg = TrainSection(**{"lr": 0.1, "max_steps": 6, "eval_every": None, "save_every": None, "log_every": 1, **train})
+    metrics = runs.MetricsLog(tmp_path / "metrics.jsonl")
+    try:
+        return engine.train(task, cfg, devices.resolve("cpu", "fp32"), tmp_path, metrics)
+    finally:
+        metrics.close()
+
+
+def test_a_nan_loss_stops_the_run_by_default(tmp_path):
+    with pytest.raises(NumericalError, match="the loss became nan at step 3"):
+        train(nan_task({2}), tmp_path)
+    assert not (tmp_path / "final").exists()
+
+
+def test_nonfinite_skip_skips_the_update_and_counts_it(tmp_path):
+    task = nan_task({2})
+    result = train(task, tmp_path, nonfinite="skip")
+    assert result.steps == 6
+    records = [r for r in runs.read_metrics(tmp_path / "metrics.jsonl") if r["type"] == "train"]
+    assert [r.get("skipped_steps", 0) for r in records] == [0, 0, 1, 1, 1, 1]
+    assert all(r["loss"] == r["loss"] for r in records)  # no NaN reached the log
+    assert torch.isfinite(task.model.w).all()
+
+
+def test_nonfinite_skip_still_stops_after_many_bad_steps_in_a_row(tmp_path):
+    with pytest.raises(NumericalError, match="10 steps in a row"):
+        train(nan_task(set(range(1, 100))), tmp_path, nonfinite="skip", max_steps=20)
+
+
+def test_skipped_updates_leave_the_weights_unchanged(tmp_path):
+    """A skipped step applies no update: a one-step run whose only batch is bad keeps the initial weights."""
+    task = nan_task({0})
+    train(task, tmp_path, nonfinite="skip", max_steps=1)
+    assert torch.equal(task.model.w, torch.ones(4, 4))
+
+
+def save(tmp_path: Path, step: int) -> Path:
+    model = Line()
+    optimizer = torch.optim.AdamW(model.parameters())
+    return engine.save_checkpoint(tmp_path, model, optimizer, None, {"step": step, "elapsed_s": 1.0}, keep=5)
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda p: (p / "state.json").unlink(), "missing state.json"),
+        (lambda p: (p / "model.safetensors").write_bytes((p / "model.safetensors").read_bytes()[:40]), "model.safetensors is corrupt"),
+        (lambda p: (p / "optimizer.pt").write_bytes(b"\0" * 100), "optimizer.pt is corrupt"),
+        (lambda p: (p / "state.json").write_text("{\"step\": "), "state.json is unreadable"),
+    ],
+)
+def test_a_broken_newest_checkpoint_is_skipped_with_a_warning(tmp_path, caplog, damage, problem):
+    older = save(tmp_path, 2)
+    newer = save(tmp_path, 4)
+    damage(newer)
+    assert engine.latest_checkpoint(tmp_path) == older
+    assert problem in caplog.text and "step-4" in caplog.text
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint(tmp_path):
+    """A kill while saving leaves only a .tmp-step-N dir, which is never taken for a checkpoint."""
+    older = save(tmp_path, 2)
+    partial = tmp_path / "checkpoints" / ".tmp-step-4"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    assert engine.latest_checkpoint(tmp_path) == older
+
+
+def test_truncate_metrics_drops_records_after_the_checkpoint_and_a_cut_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"type": "train", "step": s}) for s in (1, 2, 3, 4)]
+    path.write_text("\n".join(lines) + "\n" + '{"type": "tra')  # killed mid-write
+    assert [r["step"] for r in runs.read_metrics(path)] == [1, 2, 3, 4]
+    runs.truncate_metrics(path, 2)
+    assert [r["step"] for r in runs.read_metrics(path)] == [1, 2]

@@ -1,0 +1,41 @@
+"""The run dir: --overwrite deletes only what is an lmtune run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import invoke, tiny_config
+from lmtune import runs
+from lmtune.errors import RunDirError
+
+
+def test_overwrite_refuses_a_dir_that_is_not_a_run(tmp_path, runner):
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work")
+    config = tiny_config(tmp_path, output_dir=str(precious))
+    result = invoke(runner, "pretrain", config, "--overwrite")
+    assert result.exit_code == 2
+    assert "not an lmtune run dir" in result.output
+    assert (precious / "chapter1.tex").read_text() == "years of work"
+
+
+def test_overwrite_replaces_a_previous_run(tmp_path, runner):
+    config = tiny_config(tmp_path)
+    assert invoke(runner, "pretrain", config).exit_code == 0
+    (tmp_path / "run" / "stale.txt").write_text("from before")
+    assert invoke(runner, "pretrain", config, "--overwrite").exit_code == 0
+    assert not (tmp_path / "run" / "stale.txt").exists()
+
+
+@pytest.mark.parametrize("target", ["cwd", "parent", "home", "root"])
+def test_overwrite_never_deletes_the_working_dir_its_parents_home_or_root(tmp_path, monkeypatch, target):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    (work / "config.yaml").write_text("a run marker, so only the location refuses")
+    monkeypatch.chdir(work)
+    path = {"cwd": work, "parent": work.parent, "home": Path.home(), "root": Path("/")}[target]
+    with pytest.raises(RunDirError, match="holds more than a run"):
+        runs.check_replaceable(path)
