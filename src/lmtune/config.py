@@ -230,20 +230,57 @@ _Loader.add_implicit_resolver(
 )
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few kilobytes; anything near a megabyte is a mistake (or an attack)
+MAX_CONFIG_NODES = 100_000  # values after expanding YAML aliases (`&a` / `*a` can multiply a small file)
+MAX_CONFIG_DEPTH = 50
+
+
+class YAMLLimitError(ValueError):
+    """YAML that is too large, too deep or expands too much to be a config."""
+
+
 def yaml_load(text: str) -> Any:
-    """Parse YAML safely (no object construction), reading exponent floats as floats."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    """Parse YAML safely (no object construction), reading exponent floats as floats, and refuse
+    documents that are huge, nested too deeply or that expand through aliases beyond a config's size."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise YAMLLimitError(f"it is {len(text):,} characters long; a config holds at most {MAX_CONFIG_BYTES:,}")
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except RecursionError:
+        raise YAMLLimitError("it is nested too deeply") from None
+    _check_shape(data)
+    return data
+
+
+def _check_shape(data: Any) -> None:
+    """Walk the parsed value as if aliases were expanded, stopping at the node and depth limits."""
+    stack, nodes = [(data, 1)], 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_CONFIG_NODES:
+            raise YAMLLimitError(f"it expands to more than {MAX_CONFIG_NODES:,} values (through aliases?)")
+        if depth > MAX_CONFIG_DEPTH:
+            raise YAMLLimitError(f"it is nested more than {MAX_CONFIG_DEPTH} levels deep")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is not a plausible config: it is {path.stat().st_size:,} bytes")
     try:
         data = yaml_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except YAMLLimitError as exc:
+        raise ConfigError(f"config file {path} is not a plausible config: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -292,6 +329,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError as exc:
         problem = str(exc).splitlines()[0]
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({problem}); quote it") from None
+    except YAMLLimitError as exc:
+        raise ConfigError(f"--set {text[:60]!r}...: the value is not a plausible setting: {exc}") from None
     return parts, value
 
 
