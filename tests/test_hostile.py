@@ -69,21 +69,36 @@ def test_malformed_set_is_exit_2(tmp_path, runner, override, message):
 # Data files
 
 
+@pytest.mark.slow
 def test_a_50_mb_single_line_file_pretrains(tmp_path, runner):
-    """One 50 MB line (no newline at all) is a single document: it is read, tokenized and packed."""
+    """One 50 MB line (no newline at all) is a single document: it is read, tokenized and packed
+    into blocks, and training runs on it."""
     big = tmp_path / "one-line.txt"
     words = "the cow says moo and the dog says woof while the cat says meow "
     with open(big, "w") as handle:
         for _ in range(50 * (1 << 20) // len(words)):
             handle.write(words)
     assert big.stat().st_size > 49 * (1 << 20)
-    config = tiny_config(tmp_path, data={"train": [str(big)], "txt_unit": "paragraph", "max_length": 32, "validation_fraction": 0.5},
-                         train={"batch_size": 16, "max_steps": 2, "eval_every": None, "save_every": None})
+    validation = tmp_path / "validation.txt"
+    validation.write_text(words * 20 + "\n")
+    config = tiny_config(
+        tmp_path,
+        data={"train": [str(big)], "validation": [str(validation)], "txt_unit": "paragraph", "max_length": 32},
+        train={"batch_size": 16, "max_steps": 2, "eval_every": None, "save_every": None},
+    )
     result = invoke(runner, "pretrain", config)
-    # a single document cannot be split into training and validation text: said clearly, nothing written
-    assert result.exit_code == 2, result.output
-    assert "single document" in result.stderr or "validation" in result.stderr
-    assert not (tmp_path / "run").exists()
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["data"]["train_blocks"] > 300_000  # ~13M tokens in blocks of 32
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+def test_a_single_document_without_validation_files_is_refused(tmp_path, runner):
+    one = tmp_path / "one.txt"
+    one.write_text("a single paragraph of text with no blank line in it " * 50)
+    config = tiny_config(tmp_path, data={"train": [str(one)], "txt_unit": "paragraph", "max_length": 32})
+    result = _pretrain(runner, tmp_path, config)
+    assert "data.validation" in result.stderr
 
 
 @pytest.mark.parametrize(

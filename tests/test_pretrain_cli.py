@@ -119,6 +119,20 @@ def test_resume_reaches_bitwise_identical_weights(tmp_path, runner):
     assert steps[-1] == 8
 
 
+def test_resume_in_bf16_gives_the_same_loss_curve(tmp_path, runner):
+    """In bf16 autocast the resumed run logs the loss curve of the uninterrupted one."""
+    config = tiny_config(tmp_path, train={"batch_size": 16, "lr": 2.0e-3, "max_steps": 8, "save_every": 4, "keep_last": 5, "eval_every": None, "log_every": 1})
+    assert invoke(runner, "pretrain", config, "--precision", "bf16").exit_code == 0
+    run = tmp_path / "run"
+    full = [r["loss"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"]
+    shutil.rmtree(run / "final")
+    shutil.rmtree(run / "checkpoints" / "step-8", ignore_errors=True)
+    assert invoke(runner, "pretrain", config, "--precision", "bf16", "--resume").exit_code == 0
+    resumed = [r["loss"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"]
+    assert len(resumed) == 8  # the records of steps 5-8 from the first run were replaced, not repeated
+    assert resumed == pytest.approx(full, rel=1e-3)
+
+
 def test_second_run_reuses_the_tokenization_cache(tmp_path, runner):
     cache = tmp_path / "cache"
     config = tiny_config(tmp_path, data={"train": [str(FIXTURES / "animals.txt")], "txt_unit": "line", "max_length": 32, "cache_dir": str(cache)})
