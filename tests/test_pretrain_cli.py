@@ -247,10 +247,11 @@ def test_existing_run_is_refused_and_left_untouched(tmp_path, runner):
     assert "--overwrite" in result.stderr
     assert files_under(run) == {"precious.txt"}
 
+    # --overwrite replaces runs, never a dir that holds something else (tests/test_runs.py)
     result = invoke(runner, "pretrain", config, "--overwrite")
-    assert result.exit_code == 0, result.output
-    assert "precious.txt" not in files_under(run)
-    assert "final/model.safetensors" in files_under(run)
+    assert result.exit_code == 2, result.output
+    assert "not an lmtune run dir" in result.stderr
+    assert files_under(run) == {"precious.txt"}
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path, runner):
