@@ -354,6 +354,29 @@ def lmtune_step_clock():
     return StepClock()
 
 
+def train_with_engine(task, t, placement, workdir: Path, prefix: str):
+    """engine.train on `task` in a fresh temp run dir, timed per step; (result, clock, run_dir)."""
+    from lmtune import engine, runs
+
+    run_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))
+    clock = lmtune_step_clock()
+    metrics = runs.MetricsLog(run_dir / "metrics.jsonl")
+    try:
+        result = engine.train(task, t, placement, run_dir, metrics, clock)
+    finally:
+        metrics.close()
+    return result, clock, run_dir
+
+
+def timed_window(who: str, steps_ran: int, times: list[float], w: int, n: int) -> tuple[float, float]:
+    """Seconds and median step milliseconds of the n steps after w warmup steps (checking that
+    exactly w + n steps ran and were timed)."""
+    if steps_ran != w + n or len(times) != w + n:
+        raise RuntimeError(f"{who} ran {steps_ran} steps ({len(times)} timed), expected {w + n}")
+    seconds = times[-1] - times[w - 1]
+    return seconds, 1000 * statistics.median(b - a for a, b in zip(times[w - 1 :], times[w:]))
+
+
 def make_masker(cfg, tokenizer, vocab_size: int):
     """The Masker that `lmtune pretrain` builds (its builder moved from stages/pretrain.py to data.py)."""
     from lmtune import data
@@ -395,17 +418,9 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path) -> dict:
         unit="tokens",
         evaluate=None,  # no evaluation, not even the one at the end
     )
-    run_dir = Path(tempfile.mkdtemp(prefix="lmtune-", dir=workdir))
-    clock = lmtune_step_clock()
-    metrics = runs.MetricsLog(run_dir / "metrics.jsonl")
-    try:
-        result = engine.train(task, t, placement, run_dir, metrics, clock)
-    finally:
-        metrics.close()
+    result, clock, run_dir = train_with_engine(task, t, placement, workdir, "lmtune-")
     w, n = args.warmup, args.steps
-    if result.steps != w + n or len(clock.times) != w + n:
-        raise RuntimeError(f"lmtune ran {result.steps} steps ({len(clock.times)} timed), expected {w + n}")
-    seconds = clock.times[-1] - clock.times[w - 1]
+    seconds, step_ms = timed_window("lmtune", result.steps, clock.times, w, n)
     tokens = sum(step_tokens[w : w + n])
     masked = sum(step_masked[w : w + n])
     out = {
@@ -413,7 +428,7 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path) -> dict:
         "seconds": seconds,
         "tokens": tokens,
         "masked_fraction": masked / tokens,
-        "step_ms_median": 1000 * statistics.median(b - a for a, b in zip(clock.times[w - 1 :], clock.times[w:])),
+        "step_ms_median": step_ms,
         "last_loss": clock.losses[-1] if clock.losses else None,
         "attention": attention,
         "threads": torch.get_num_threads(),
@@ -507,12 +522,10 @@ def run_reference(args, cfg, tokenizer, blocks, hf_dataset, workdir: Path) -> di
     result = trainer.train()
     probe.remove()
     w, n = args.warmup, args.steps
-    if result.global_step != w + n or len(clock.times) != w + n:
-        raise RuntimeError(f"reference ran {result.global_step} steps ({len(clock.times)} timed), expected {w + n}")
+    seconds, step_ms = timed_window("reference", result.global_step, clock.times, w, n)
     shapes_ok = all(x == t.batch_size * args.seq_len for x in step_tokens[: w + n])
     if not shapes_ok:
         raise RuntimeError(f"reference batches are not all {t.batch_size}x{args.seq_len}: {step_tokens}")
-    seconds = clock.times[-1] - clock.times[w - 1]
     tokens = sum(step_tokens[w : w + n])
     masked = sum(step_masked[w : w + n])
     out = {
@@ -520,7 +533,7 @@ def run_reference(args, cfg, tokenizer, blocks, hf_dataset, workdir: Path) -> di
         "seconds": seconds,
         "tokens": tokens,
         "masked_fraction": masked / tokens,
-        "step_ms_median": 1000 * statistics.median(b - a for a, b in zip(clock.times[w - 1 :], clock.times[w:])),
+        "step_ms_median": step_ms,
         "last_loss": result.training_loss,
         "compute_dtype": str(seen[0]) if seen else None,
         "attention": model.config._attn_implementation,
@@ -684,17 +697,9 @@ def run_lmtune_finetune(args, cls: Classification, placement, workdir: Path) -> 
         unit="samples",
         evaluate=None,
     )
-    run_dir = Path(tempfile.mkdtemp(prefix="lmtune-ft-", dir=workdir))
-    clock = lmtune_step_clock()
-    metrics = runs.MetricsLog(run_dir / "metrics.jsonl")
-    try:
-        result = engine.train(task, t, placement, run_dir, metrics, clock)
-    finally:
-        metrics.close()
+    result, clock, run_dir = train_with_engine(task, t, placement, workdir, "lmtune-ft-")
     w, n = args.ft_warmup, args.ft_steps
-    if result.steps != w + n or len(clock.times) != w + n:
-        raise RuntimeError(f"lmtune ran {result.steps} steps ({len(clock.times)} timed), expected {w + n}")
-    seconds = clock.times[-1] - clock.times[w - 1]
+    seconds, step_ms = timed_window("lmtune", result.steps, clock.times, w, n)
     samples = sum(step_rows[w : w + n])
     out = {
         "samples_per_s": samples / seconds,
@@ -702,7 +707,7 @@ def run_lmtune_finetune(args, cls: Classification, placement, workdir: Path) -> 
         "samples": samples,
         "padded_tokens": sum(step_tokens[w : w + n]),
         "real_tokens": sum(step_real[w : w + n]),
-        "step_ms_median": 1000 * statistics.median(b - a for a, b in zip(clock.times[w - 1 :], clock.times[w:])),
+        "step_ms_median": step_ms,
         "last_loss": clock.losses[-1] if clock.losses else None,
         "attention": attention,
         "init_checksum": checksum,
@@ -777,9 +782,7 @@ def run_reference_finetune(args, cls: Classification, workdir: Path) -> dict:
     result = trainer.train()
     probe.remove()
     w, n = args.ft_warmup, args.ft_steps
-    if result.global_step != w + n or len(clock.times) != w + n:
-        raise RuntimeError(f"reference ran {result.global_step} steps ({len(clock.times)} timed), expected {w + n}")
-    seconds = clock.times[-1] - clock.times[w - 1]
+    seconds, step_ms = timed_window("reference", result.global_step, clock.times, w, n)
     samples = sum(step_rows[w : w + n])
     out = {
         "samples_per_s": samples / seconds,
@@ -787,7 +790,7 @@ def run_reference_finetune(args, cls: Classification, workdir: Path) -> dict:
         "samples": samples,
         "padded_tokens": sum(step_tokens[w : w + n]),
         "real_tokens": sum(step_real[w : w + n]),
-        "step_ms_median": 1000 * statistics.median(b - a for a, b in zip(clock.times[w - 1 :], clock.times[w:])),
+        "step_ms_median": step_ms,
         "last_loss": result.training_loss,
         "compute_dtype": str(seen[0]) if seen else None,
         "attention": model.config._attn_implementation,

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from lmtune.runs import read_metrics
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "runs" / "results"
 PRETRAIN_CONFIG = ROOT / "configs" / "pretrain" / "cpu-hour.yaml"
@@ -123,7 +125,7 @@ def collect() -> list[dict]:
             if not runs:
                 continue
             metrics = [json.loads(p.read_text()) for p in runs]
-            train = [r for p in runs for r in _records(p.parent.parent / "metrics.jsonl") if r["type"] == "train"]
+            train = [r for p in runs for r in read_metrics(p.parent.parent / "metrics.jsonl") if r["type"] == "train"]
             rows.append({
                 "task": task, "model": model, "what": what,
                 "seeds": [int(p.parent.parent.name.removeprefix("seed-")) for p in runs],
@@ -131,10 +133,6 @@ def collect() -> list[dict]:
                 "steps": max((r["step"] for r in train), default=None),
             })
     return rows
-
-
-def _records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def _fmt(values: list[float]) -> str:

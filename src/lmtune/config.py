@@ -17,10 +17,10 @@ import glob
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from lmtune.errors import ConfigError
 
@@ -39,6 +39,14 @@ SPECIAL_TOKEN_COUNT = 5  # [PAD] [UNK] [CLS] [SEP] [MASK] / <s> <pad> </s> <unk>
 MIN_VOCAB_SIZE = 64  # special tokens plus room for an alphabet; anything smaller cannot tokenize text
 
 Stage = Literal["pretrain", "finetune"]
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+# files, dirs or globs: a list, or one string standing for a list of one
+Sources = Annotated[list[str], BeforeValidator(_one_or_many)]
 
 
 class _Section(BaseModel):
@@ -89,9 +97,9 @@ class TokenizerSection(_Section):
 class DataSection(_Section):
     """Where the text comes from and how it is cut."""
 
-    train: list[str] = Field(default_factory=list, description="files, dirs or globs (.txt .jsonl .json .csv .tsv .parquet)")
-    validation: list[str] | None = Field(None, description="null: hold out validation_fraction of train")
-    test: list[str] | None = Field(None, description="test files (finetune/eval)")
+    train: Sources = Field(default_factory=list, description="files, dirs or globs (.txt .jsonl .json .csv .tsv .parquet)")
+    validation: Sources | None = Field(None, description="null: hold out validation_fraction of train")
+    test: Sources | None = Field(None, description="test files (finetune/eval)")
     validation_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="share of train documents held out")
     text_column: str = Field("text", description="column holding the text in tabular/JSON files")
     text_pair_column: str | None = Field(None, description="finetune: second text for pair tasks")
@@ -102,11 +110,6 @@ class DataSection(_Section):
     )
     num_proc: int | None = Field(None, ge=1, description="processes for tokenization; null: one (tokenizers already uses every core)")
     cache_dir: str | None = Field(None, description="datasets cache dir; null: the Hugging Face default")
-
-    @field_validator("train", "validation", "test", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
 
 class MLMSection(_Section):
@@ -173,16 +176,11 @@ class ProbeSection(_Section):
     """Pretraining quality probe: at each evaluation, a logistic regression on frozen mean-pooled
     features of a labelled set says how useful the encoder already is for classification."""
 
-    train: list[str] = Field(default_factory=list, description="labelled files the probe is fitted on")
-    validation: list[str] | None = Field(None, description="labelled files it is scored on; null: 20% of train")
+    train: Sources = Field(default_factory=list, description="labelled files the probe is fitted on")
+    validation: Sources | None = Field(None, description="labelled files it is scored on; null: 20% of train")
     text_column: str = Field("text", description="column holding the text")
     label_column: str = Field("label", description="column holding the (single) label")
     max_rows: int = Field(2000, ge=10, description="cap on training rows (a seeded sample), to keep evaluations quick")
-
-    @field_validator("train", "validation", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
 
 class Config(_Section):

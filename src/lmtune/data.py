@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -472,6 +472,18 @@ def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Inference order: longest first, so each batch pads little; callers restore input order."""
     order = np.argsort(-lengths, kind="stable")
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def in_input_order(
+    encoded: Encoded, pad_id: int, batch_size: int, compute: Callable[[Iterator[dict[str, torch.Tensor]]], np.ndarray]
+) -> np.ndarray:
+    """Run `compute` over padded batches of length-sorted rows (it returns one output row per input
+    row, concatenated) and give the outputs back in input order."""
+    groups = sorted_batches(encoded.lengths, batch_size)
+    outputs = compute(pad_batch(encoded, rows, pad_id) for rows in groups)
+    restored = np.empty_like(outputs)
+    restored[np.concatenate(groups)] = outputs
+    return restored
 
 
 def pad_batch(encoded: Encoded, rows: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:

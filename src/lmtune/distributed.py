@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -85,22 +86,22 @@ def _tensor(values: list[float], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64, device=device if dist.get_backend() == "nccl" else "cpu")
 
 
-def max_over_ranks(values: list[float], device: torch.device) -> list[float]:
-    """Each value's maximum over the processes (flags, elapsed seconds)."""
+def _reduce(values: list[float], device: torch.device, op: Any) -> list[float]:
     if not dist.is_initialized():
         return values
     t = _tensor(values, device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def max_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Each value's maximum over the processes (flags, elapsed seconds)."""
+    return _reduce(values, device, dist.ReduceOp.MAX)
 
 
 def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
     """Each value's sum over the processes (losses, token counts)."""
-    if not dist.is_initialized():
-        return values
-    t = _tensor(values, device)
-    dist.all_reduce(t)
-    return t.tolist()
+    return _reduce(values, device, dist.ReduceOp.SUM)
 
 
 def broadcast_flag(flag: bool, device: torch.device) -> bool:

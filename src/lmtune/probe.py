@@ -65,18 +65,14 @@ def build_probe(p: ProbeSection, tokenizer: Any, max_length: int, seed: int, cac
 
 def mean_pooled(model: Any, encoded: data.Encoded, pad_id: int, batch_size: int, device: torch.device) -> np.ndarray:
     """(rows, hidden) features in input order: the encoder's last hidden states averaged over real tokens."""
-    groups = data.sorted_batches(encoded.lengths, batch_size)
-    out = []
-    for rows in groups:
-        batch = data.pad_batch(encoded, rows, pad_id)
+
+    def pool(batch: dict[str, torch.Tensor]) -> np.ndarray:
         mask = batch["attention_mask"].to(device)
         hidden = model.base_model(input_ids=batch["input_ids"].to(device), attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
-        out.append(((hidden * weights).sum(1) / weights.sum(1).clamp(min=1)).float().cpu().numpy())
-    features = np.concatenate(out)
-    restored = np.empty_like(features)
-    restored[np.concatenate(groups)] = features
-    return restored
+        return ((hidden * weights).sum(1) / weights.sum(1).clamp(min=1)).float().cpu().numpy()
+
+    return data.in_input_order(encoded, pad_id, batch_size, lambda batches: np.concatenate([pool(b) for b in batches]))
 
 
 def probe_scores(model: Any, probe: Probe, batch_size: int, device: torch.device) -> dict[str, float]:

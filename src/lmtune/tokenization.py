@@ -178,6 +178,8 @@ def load_checkpoint_tokenizer(checkpoint: str, trust_remote_code: bool = False) 
         # transformers builds an empty tokenizer rather than failing when the files are missing
         if not any((path / name).is_file() for name in ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")):
             raise ConfigError(f"model.checkpoint={checkpoint!r} has no tokenizer files (tokenizer.json, vocab.txt ...)")
+    if trust_remote_code:
+        log.warning("model.trust_remote_code is true: Python code shipped with %s may run", checkpoint)
     try:
         return AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:

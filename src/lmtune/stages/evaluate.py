@@ -65,11 +65,7 @@ def default_output_dir(checkpoint: Path, data_files: list[str]) -> Path:
 
 def predict_scores(model: Any, encoded: data.Encoded, pad_id: int, batch_size: int, device: torch.device) -> np.ndarray:
     """Model outputs for every row, in input order (batches are length-sorted internally)."""
-    groups = data.sorted_batches(encoded.lengths, batch_size)
-    scores = classifier_outputs(model, (data.pad_batch(encoded, rows, pad_id) for rows in groups), device)
-    restored = np.empty_like(scores)
-    restored[np.concatenate(groups)] = scores
-    return restored
+    return data.in_input_order(encoded, pad_id, batch_size, lambda batches: classifier_outputs(model, batches, device))
 
 
 def evaluate(checkpoint: Path, data_files: list[str], cfg: Config, output_dir: Path | None = None) -> EvalResult:
@@ -82,8 +78,6 @@ def evaluate(checkpoint: Path, data_files: list[str], cfg: Config, output_dir: P
         raise ConfigError("nothing to evaluate on: pass --data FILE (or set data.test in the config)")
     placement = devices.resolve(cfg.device, "fp32" if cfg.precision == "auto" else cfg.precision)
     remote = cfg.model.trust_remote_code
-    if remote:
-        log.warning("model.trust_remote_code is true: Python code shipped with %s may run", checkpoint)
     tokenizer = load_checkpoint_tokenizer(str(checkpoint), remote)
     model_config = checkpoint_config(str(checkpoint), remote)
     out = output_dir or default_output_dir(checkpoint, data_files)

@@ -97,8 +97,6 @@ def finetune(
     d, f = cfg.data, cfg.finetune
     checkpoint = cfg.model.checkpoint or ""
     remote = cfg.model.trust_remote_code
-    if remote:
-        log.warning("model.trust_remote_code is true: Python code shipped with %s may run", checkpoint)
     tokenizer = load_checkpoint_tokenizer(checkpoint, remote)
     with distributed.main_first():  # the other processes reuse rank 0's data caches
         train_rows, val_rows, spec, files = load_splits(cfg)

@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from lmtune.data import check_text_file, encode_rows
 from lmtune.errors import ConfigError, DataError, DeviceError
+from lmtune.modeling import is_classifier_checkpoint
 from lmtune.stages.evaluate import predict_scores
 
 SINGLE_LABEL = "single_label_classification"
@@ -122,7 +123,7 @@ def load_classifier(checkpoint_dir: str, device: torch.device) -> tuple[PreTrain
 
 def _check_classifier_config(config, path: Path) -> None:
     architectures = getattr(config, "architectures", None) or []
-    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+    if not is_classifier_checkpoint(config):
         named = ", ".join(architectures) if architectures else "no architecture"
         raise ConfigError(
             f"{path} is not a text classifier (config.json names {named}, not a *ForSequenceClassification model): "
