@@ -149,12 +149,15 @@ def spawn(nproc: int, argv: list[str]) -> int:
     first_failure = 0
     try:
         while any(c is None for c in codes):
-            for i, p in enumerate(procs):
-                if codes[i] is None:
-                    codes[i] = p.poll()
+            codes = [p.poll() for p in procs]
             failed = [c for c in codes if c not in (None, 0)]
-            if failed:  # one failed: the others would wait for it forever
+            if failed:
                 first_failure = failed[0]
+                # the others fail soon after (their peer is gone) or wait forever: a grace period lets
+                # a rank that failed by itself (rank 0 with a config error, say) exit with its own code
+                deadline = time.monotonic() + 10
+                while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                    time.sleep(0.1)
                 for p in procs:
                     if p.poll() is None:
                         p.send_signal(signal.SIGTERM)
@@ -162,5 +165,6 @@ def spawn(nproc: int, argv: list[str]) -> int:
             time.sleep(0.2)
     except KeyboardInterrupt:  # the terminal sent SIGINT to every process: let them save and exit
         codes = [p.wait() for p in procs]
-    code = first_failure or codes[0] or next((c for c in codes if c), 0)
+    rank0 = codes[0] or 0
+    code = rank0 if rank0 > 0 else first_failure or next((c for c in codes if c), 0)  # rank 0 speaks for the run
     return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell reports it
