@@ -81,7 +81,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "samples" / "moby-dick" / "*.txt"
-BENCHMARKS = ("pretrain", "finetune", "predict", "pipeline")
+BENCHMARKS = ("pretrain", "finetune", "predict", "pipeline", "levers")
+DEFAULT = ("pretrain", "finetune", "predict", "pipeline")
 # the speed targets of the performance issue: lmtune / reference
 TARGETS = {"pretrain": 2.5, "finetune": 1.5, "predict": 2.0}
 
@@ -89,8 +90,12 @@ TARGETS = {"pretrain": 2.5, "finetune": 1.5, "predict": 2.0}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--what", default=",".join(BENCHMARKS),
-        help=f"comma-separated benchmarks to run, from {','.join(BENCHMARKS)} (default all four)",
+        "--what", default=",".join(DEFAULT),
+        help=f"comma-separated benchmarks to run, from {','.join(BENCHMARKS)} (default {','.join(DEFAULT)})",
+    )
+    p.add_argument(
+        "--levers", default="sdpa,foreach,threads1,compile,dropout,fullhead,bf16,fp32",
+        help=f"levers: the changes to measure, from {','.join(LEVERS)} (bf16/fp32: whichever is not the shipped precision)",
     )
     p.add_argument("--preset", choices=("tiny", "mini", "small"), default="mini", help="model size (default mini)")
     p.add_argument(
@@ -423,15 +428,46 @@ def make_masker(cfg, tokenizer, vocab_size: int):
     return pretrain.build_masker(cfg, tokenizer, vocab_size)
 
 
-def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path) -> dict:
-    from lmtune import data, engine, runs
+def full_head_loss(model, batch):
+    """The stock forward: Hugging Face's own MLM loss, with the vocabulary head on every position."""
+    out = model(input_ids=batch["input_ids"], labels=batch["labels"])
+    return out.loss, {}
+
+
+def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path, variant: dict | None = None) -> dict:
+    """lmtune's pretraining step as `lmtune pretrain` runs it; `variant` changes one lever (for --what levers):
+    attention (eager | sdpa), optimizer (fused | foreach | loop AdamW), threads, compile (the encoder),
+    dropout, full_head (the head on every position), precision."""
+    from lmtune import data, devices, engine, runs
     from lmtune.modeling import build_mlm, check_compatible, mlm_loss, use_attention
 
+    variant = variant or {}
+    if "dropout" in variant:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"dropout": variant["dropout"]})})
+    if "precision" in variant:
+        placement = devices.resolve("cpu", variant["precision"])
     model = build_mlm(cfg.model, tokenizer, cfg.seed)
     check_compatible(model, tokenizer, cfg.data.max_length)
-    attention = use_attention(model, cfg.model.attention, placement.device)  # as stages/pretrain.py does
+    attention = use_attention(model, variant.get("attention", cfg.model.attention), placement.device)  # as stages/pretrain.py does
+    if variant.get("full_head"):
+        model.config.sparse_prediction = False  # ModernBERT's own switch; BERT always runs the head everywhere
+    if variant.get("compile"):
+        model.base_model.compile()
     masker = make_masker(cfg, tokenizer, model.config.vocab_size)
     t = cfg.train
+    if "threads" in variant:
+        t = t.model_copy(update={"num_threads": variant["threads"]})
+    threads_before = torch.get_num_threads()
+    build_optimizer = engine.build_optimizer
+    if variant.get("optimizer") in ("foreach", "loop"):
+        def build_optimizer_variant(model, train_cfg, device, groups=None):
+            groups = [g for g in (groups or engine.default_param_groups(list(model.parameters()), train_cfg.weight_decay)) if g["params"]]
+            return torch.optim.AdamW(
+                groups, lr=train_cfg.lr, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2), eps=train_cfg.adam_eps,
+                fused=False, foreach=variant["optimizer"] == "foreach",
+            )
+
+        engine.build_optimizer = build_optimizer_variant
     step_tokens: list[int] = []
     step_masked: list[int] = []
 
@@ -447,13 +483,17 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path) -> dict:
         model=model,
         batches=batches,
         batches_per_epoch=len(blocks) // t.batch_size,
-        loss=mlm_loss,
+        loss=full_head_loss if variant.get("full_head") else mlm_loss,
         save=lambda m, path: runs.save_hf_checkpoint(m, tokenizer, path),  # what pretrain's _save does
         count=count,
         unit="tokens",
         evaluate=None,  # no evaluation, not even the one at the end
     )
-    result, clock, run_dir = train_with_engine(task, t, placement, workdir, "lmtune-")
+    try:
+        result, clock, run_dir = train_with_engine(task, t, placement, workdir, "lmtune-")
+    finally:
+        engine.build_optimizer = build_optimizer
+        torch.set_num_threads(threads_before)
     w, n = args.warmup, args.steps
     seconds, step_ms = timed_window("lmtune", result.steps, clock.times, w, n)
     tokens = sum(step_tokens[w : w + n])
@@ -1077,6 +1117,69 @@ def bench_pretrain(args: argparse.Namespace, workdir: Path) -> dict:
     }
 
 
+LEVERS = {
+    "sdpa": ("SDPA attention instead of eager", {"attention": "sdpa"}),
+    "foreach": ("foreach AdamW instead of fused", {"optimizer": "foreach"}),
+    "loop": ("for-loop AdamW instead of fused", {"optimizer": "loop"}),
+    "threads1": ("1 torch thread instead of one per core", {"threads": 1}),
+    "compile": ("torch.compile on the encoder", {"compile": True}),
+    "dropout": ("dropout 0.1 instead of 0", {"dropout": 0.1}),
+    "fullhead": ("vocabulary head on every position", {"full_head": True}),
+    "bf16": ("bf16 autocast instead of fp32", {"precision": "bf16"}),
+    "fp32": ("fp32 instead of bf16 autocast", {"precision": "fp32"}),
+}
+
+
+def bench_levers(args: argparse.Namespace, workdir: Path) -> dict:
+    """lmtune's pretraining step as shipped against the same step with one lever changed, alternating."""
+    from lmtune.devices import cpu_has_native_bf16
+
+    section(f"levers: lmtune pretraining tokens/s with one change each, {args.arch} {args.preset}, {args.precision}")
+    cfg, placement, tokenizer, blocks, _ = prepare(args, workdir)
+    names = [n.strip() for n in args.levers.split(",") if n.strip()]
+    unknown = [n for n in names if n not in LEVERS]
+    if unknown:
+        sys.exit(f"--levers: {', '.join(unknown)} not among {', '.join(LEVERS)}")
+    out: dict = {}
+    rows = []
+    for name in names:
+        what, variant = LEVERS[name]
+        if variant.get("precision") == args.precision:
+            continue  # the shipped precision already
+        if variant.get("precision") == "bf16" and not cpu_has_native_bf16():
+            note = f"this CPU has no native bf16: a bf16 matmul runs {matmul_gflops(1024, torch.bfloat16):.1f} GFLOP/s"
+            print(f"{what}: skipped ({note}, against {matmul_gflops(1024, torch.float32):.0f} in fp32)", flush=True)
+            out[name] = {"skipped": note}
+            continue
+        print(f"\n{what}", flush=True)
+        rounds = abba(
+            args,
+            name,
+            {
+                "lmtune": lambda: run_lmtune(args, cfg, placement, tokenizer, blocks, workdir),
+                "reference": lambda v=variant: run_lmtune(args, cfg, placement, tokenizer, blocks, workdir, v),
+            },
+            args.repeats,
+            "tokens_per_s",
+            "tok",
+            detail=lambda r: f"{r['step_ms_median']:6.0f} ms/step, loss {r['last_loss']:.4f}",
+        )
+        med = medians(rounds, "tokens_per_s")
+        clean = [r for r in rounds if r["used_in_medians"]]
+        loss = {side: statistics.median(r[side]["last_loss"] for r in clean) for side in ("lmtune", "reference")}
+        out[name] = {"what": what, "variant": variant, "rounds": rounds, "median": med, "last_loss": loss}
+        rows.append((what, f"{med['lmtune']:,.0f}", f"{med['reference']:,.0f}", f"{1 / med['ratio']:.2f}x",
+                     f"{loss['lmtune']:.4f} / {loss['reference']:.4f}", f"{med['rounds_used']}/{med['rounds']}"))
+    header = ("change", "shipped tok/s", "changed tok/s", "changed / shipped", "loss shipped / changed", "clean repeats")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    print(f"\nlevers: medians, {args.steps} measured steps per run, batch {args.batch_size} x {args.seq_len}")
+    for i, r in enumerate([header] + rows):
+        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        if i == 0:
+            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    return out
+
+
 def bench_finetune(args: argparse.Namespace, cls: Classification, workdir: Path) -> dict:
     from lmtune import devices
 
@@ -1651,6 +1754,9 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = bench_pretrain(args, workdir)
             elif name == "pipeline":
                 results[name] = bench_pipeline(args, workdir)
+            elif name == "levers":
+                results[name] = bench_levers(args, workdir)
+                continue
             else:
                 if cls is None:
                     cls = Classification(args, workdir)
@@ -1672,7 +1778,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline": "seconds end to end (ratio: reference / lmtune)",
     }
     rows = [("benchmark", "unit", "lmtune", "reference", "ratio", "target", "")]
-    for name in args.what:
+    for name in [n for n in args.what if n != "levers"]:
         med = results[name]["median"]
         target = TARGETS.get(name)
         met = None if target is None else med["ratio"] >= target
@@ -1699,7 +1805,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"total time {total:.0f} s" + ("" if foreign is None else f"; other processes used {100 * foreign:.0f}% of the CPUs meanwhile")
     )
-    if any(results[n]["median"]["all_disturbed"] for n in args.what):
+    if any(results[n]["median"]["all_disturbed"] for n in args.what if n != "levers"):
         print("WARNING: other processes competed for the CPUs in every repeat of some benchmark: rerun on an idle machine")
     elif foreign is not None and foreign > 0.05:
         print("note: other processes used the CPUs during part of the benchmark; the disturbed repeats are left out")
