@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -364,6 +365,151 @@ def test_pack_blocks_too_little_text_gives_no_blocks(bert_tok):
 
 
 # ----------------------------------------------------------------------------------------------
+# pack_blocks on cached datasets: written once to an .npy file and memory-mapped
+
+
+def cached_texts(tmp_path: Path, n_chapters: int = 2):
+    """A dataset backed by datasets cache files, as `load_texts` gives a run, and its cache dir."""
+    corpus = write(tmp_path / "corpus.txt", "\n\n".join(moby_paragraphs(n_chapters)) + "\n")
+    cache_dir = tmp_path / "hf-cache"
+    dataset, _ = load_texts([str(corpus)], "data.train", cache_dir=str(cache_dir))
+    assert dataset.cache_files
+    return dataset, cache_dir
+
+
+def blocks_files(cache_dir: Path) -> list[Path]:
+    return sorted(p for p in cache_dir.rglob("*") if "lmtune-blocks-" in p.name)
+
+
+def test_pack_blocks_of_a_cached_dataset_are_memory_mapped_and_reused(tmp_path, bert_tok):
+    dataset, cache_dir = cached_texts(tmp_path)
+    blocks = pack_blocks(dataset, bert_tok, 32)
+    assert isinstance(blocks, np.memmap) and blocks.dtype == np.int32 and blocks.shape[1] == 32
+    assert not blocks.flags.writeable
+    in_memory = pack_blocks(Dataset.from_dict({"text": list(dataset["text"])}), bert_tok, 32)
+    assert type(in_memory) is np.ndarray
+    np.testing.assert_array_equal(blocks, in_memory)
+    [written] = blocks_files(cache_dir)  # one complete file, no temporary left behind
+    assert written.suffix == ".npy" and not written.name.startswith(".")
+    stamp = written.stat().st_mtime_ns
+    again = pack_blocks(dataset, bert_tok, 32)
+    assert blocks_files(cache_dir) == [written] and written.stat().st_mtime_ns == stamp  # reused, not rewritten
+    np.testing.assert_array_equal(again, in_memory)
+    other = pack_blocks(dataset, bert_tok, 16)  # another block size is another file
+    assert other.shape[1] == 16 and len(blocks_files(cache_dir)) == 2
+
+
+def test_pack_blocks_never_takes_an_interrupted_write_as_the_result(tmp_path, bert_tok, monkeypatch):
+    dataset, cache_dir = cached_texts(tmp_path)
+    expected = pack_blocks(Dataset.from_dict({"text": list(dataset["text"])}), bert_tok, 32)
+    monkeypatch.setattr(data, "_WRITE_BYTES", 4 * 32 * 10)  # ten blocks per chunk: several chunks
+    real_rows = data._block_rows
+    calls = {"n": 0}
+
+    def interrupted(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_rows(*args)
+
+    monkeypatch.setattr(data, "_block_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pack_blocks(dataset, bert_tok, 32)
+    assert blocks_files(cache_dir) == []  # neither a final file nor the temporary one
+    monkeypatch.setattr(data, "_block_rows", real_rows)
+
+    # a killed process cannot clean up: its temporary file stays, and is ignored
+    pack_blocks(dataset, bert_tok, 32)
+    [final] = blocks_files(cache_dir)
+    final.unlink()
+    with open(final.with_name(f".{final.name}.999-0badf00d.tmp"), "wb") as handle:
+        np.save(handle, expected[:3])  # what an interrupted writer leaves: a shorter array
+    blocks = pack_blocks(dataset, bert_tok, 32)
+    np.testing.assert_array_equal(blocks, expected)
+    assert final.is_file()
+
+    # a final file that is not what this dataset packs to (damaged by hand) is written again
+    np.save(final, expected[:3])
+    np.testing.assert_array_equal(pack_blocks(dataset, bert_tok, 32), expected)
+
+
+def test_pack_blocks_that_cannot_be_written_is_a_data_error(tmp_path, bert_tok, monkeypatch):
+    dataset, _ = cached_texts(tmp_path)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", full)
+    with pytest.raises(DataError, match="No space left on device"):
+        pack_blocks(dataset, bert_tok, 32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Long documents: tokenized in whitespace-aligned pieces, with the tokens of the whole
+
+
+def long_document(n_chars: int = 300_000) -> str:
+    """Fixture paragraphs, some of their spaces replaced by other whitespace (runs, tabs, no-break
+    spaces, form feeds BERT deletes), joined by whitespace runs, up to `n_chars` characters."""
+    paragraphs = [
+        p.strip()
+        for path in sorted((Path(__file__).parent / "fixtures" / "corpus").glob("*.txt"))
+        for p in path.read_text(encoding="utf-8").split("\n\n")
+        if p.strip()
+    ]
+    inner = ["  ", "\t", "\u00a0", "\u3000", "\x0c", " \x0c ", "\n", "   ", " \t ", "\r\n"]
+    joints = ["\n\n", " ", "  ", "\n", "\t", " \n  ", "\u00a0", "\r\n", "\x0c", "   \t\n"]
+    parts, size, i = [], 0, 0
+    while size < n_chars:
+        text = paragraphs[i % len(paragraphs)].replace(" ", inner[i % len(inner)], 1 + i % 7)
+        parts += [text, joints[i % len(joints)]]
+        size += len(text) + len(parts[-1])
+        i += 1
+    return "".join(parts)
+
+
+@pytest.fixture(scope="module")
+def whitespace_tokenizers() -> dict[str, Any]:
+    """Tokenizers trained on text with whitespace runs, so they hold tokens such as "ĠĠ" and "ĊĊ"."""
+    paragraphs = long_document(60_000).split("\n\n")
+    return {arch: train_tokenizer(paragraphs, arch, vocab_size=500, max_length=64) for arch in ("bert", "roberta")}
+
+
+def test_text_pieces_cut_before_a_whitespace_run_within_the_limit():
+    text = long_document(20_000)
+    for limit in (200, 997, 5000):
+        pieces = data.text_pieces(text, limit)
+        assert "".join(pieces) == text
+        assert all(0 < len(p) <= limit for p in pieces)
+        for before, after in zip(pieces, pieces[1:]):
+            assert after[0] in " \t\n\r\u00a0\u3000" and not before[-1].isspace()
+    assert data.text_pieces("short text", 100) == ["short text"]
+    # no whitespace at all: cut at the limit anyway
+    assert data.text_pieces("x" * 25, 10) == ["x" * 10, "x" * 10, "x" * 5]
+    assert data.text_pieces("ab \x0c\x0cd", 4) == ["ab", " \x0c\x0cd"]  # never just before \f
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_a_long_document_packs_exactly_as_if_tokenized_whole(arch, monkeypatch, whitespace_tokenizers):
+    tok = whitespace_tokenizers[arch]
+    text = long_document()
+    assert len(text) >= 300_000
+    texts = {"text": ["A short first document.", text, " ".join(moby_paragraphs(1)[:4])]}
+    monkeypatch.setattr(data, "LONG_TEXT_CHARS", 10**9)
+    whole = pack_blocks(Dataset.from_dict(texts), tok, 32)
+    for limit in (100_000, 2_000, 200):
+        assert all(p[0].isspace() for p in data.text_pieces(text, limit)[1:])  # no cut inside a word
+        monkeypatch.setattr(data, "LONG_TEXT_CHARS", limit)
+        np.testing.assert_array_equal(pack_blocks(Dataset.from_dict(texts), tok, 32), whole, err_msg=f"limit {limit}")
+    # the stream holds the whole document's tokens, ended by exactly one separator
+    stream = whole[:, 1:].reshape(-1).tolist()
+    first, ids, last = (tok(t, add_special_tokens=False)["input_ids"] for t in texts["text"])
+    sep = tok.sep_token_id
+    assert len(stream) > len(first) + len(ids) + 3
+    assert stream[: len(first) + len(ids) + 3] == [*first, sep, *ids, sep, last[0]]
+
+
+# ----------------------------------------------------------------------------------------------
 # Masker
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
@@ -591,6 +737,23 @@ def test_block_batches_start_yields_exactly_the_tail(shuffle, start):
     for a, b in zip(full[start:], tail):
         assert torch.equal(a["input_ids"], b["input_ids"])
         assert torch.equal(a["labels"], b["labels"])
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_block_batches_are_the_same_from_an_array_a_memmap_and_a_tensor(tmp_path, shuffle):
+    tensor = numbered_blocks()
+    array = tensor.numpy().copy()
+    np.save(tmp_path / "blocks.npy", array)
+    mapped = np.load(tmp_path / "blocks.npy", mmap_mode="r")
+    m = masker(real_vocab=100, probability=0.3)
+    for start in (0, 2):
+        streams = [list(block_batches(b, 4, seed=5, epoch=1, masker=m, start=start, shuffle=shuffle)) for b in (tensor, array, mapped)]
+        assert len({len(s) for s in streams}) == 1 and streams[0]
+        for batches in zip(*streams):
+            for key in ("input_ids", "labels"):
+                assert all(b[key].dtype == torch.long for b in batches)
+                assert torch.equal(batches[0][key], batches[1][key]) and torch.equal(batches[0][key], batches[2][key])
+    assert not mapped.flags.writeable  # masking never wrote into the blocks
 
 
 def test_block_batches_masks_depend_on_the_position():

@@ -139,6 +139,7 @@ def test_second_run_reuses_the_tokenization_cache(tmp_path, runner):
     assert invoke(runner, "pretrain", config).exit_code == 0
     first = files_under(cache)
     assert any("cache-" in name for name in first)  # map results were cached
+    assert any("lmtune-blocks-" in name and name.endswith(".npy") for name in first)  # the packed blocks too
     assert invoke(runner, "pretrain", config, "--output-dir", tmp_path / "run2").exit_code == 0
     assert files_under(cache) == first  # nothing recomputed
 

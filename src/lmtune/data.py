@@ -2,8 +2,10 @@
 
 Pipeline: config entries (files, dirs, globs) -> checked file list -> `datasets.load_dataset` with the
 packaged builders (memory-mapped Arrow, cached by the library) -> one `text` column -> tokenized with
-`Dataset.map` (cached: a second run with the same files and tokenizer skips it) -> packed into full
-blocks of `max_length` tokens, `[CLS]` first and `[SEP]` between documents, no padding.
+`Dataset.map` (cached: a second run with the same files and tokenizer skips it; a very long text in
+whitespace-aligned pieces) -> packed into full blocks of `max_length` tokens, `[CLS]` first and `[SEP]`
+between documents, no padding -> written once to an int32 `.npy` file beside the cache and
+memory-mapped, so the corpus never has to fit in memory.
 
 Masking happens per batch in `mask_tokens`, seeded by the batch's position, so a run's masks are a
 pure function of (seed, step): nothing to save for resuming.
@@ -17,7 +19,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +37,15 @@ log = logging.getLogger(__name__)
 # file suffix -> the datasets builder that reads it
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 _UTF8_CHUNK = 1 << 20
+# a text longer than this many characters is tokenized in whitespace-aligned pieces (`text_pieces`)
+LONG_TEXT_CHARS = 100_000
+_PIECES_PER_CALL = 16  # pieces of one long text encoded per tokenizer call
+_WRITE_BYTES = 64 << 20  # packed blocks converted and written to the .npy file at a time
+# Unicode White_Space: what the tokenizers' pre-tokenizers and their regexes (\s) call whitespace
+_WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# where a long text may be cut: the same less \v, \f and U+0085, which BERT's normalizer deletes
+_CUTTABLE = "\t\n\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_CUT = re.compile(f"(?s).*[^{_WHITESPACE}]([{_CUTTABLE}])")  # group 1: the last cuttable start of a run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,41 +313,157 @@ def split_validation(dataset, fraction: float, seed: int, key: str = "data.train
 # Tokenizing and packing
 
 
+def text_pieces(text: str, limit: int) -> list[str]:
+    """Cut `text` into pieces of at most `limit` characters that tokenize like the whole.
+
+    Each cut falls just before a whitespace character that follows a non-whitespace one (the start
+    of a whitespace run), and that whitespace opens the next piece. Both lmtune tokenizers then give
+    the same tokens for the pieces, concatenated, as for the whole text: BERT's pre-tokenizer splits
+    at every whitespace character, and byte-level BPE (RoBERTa) keeps a space with the word after it
+    ("Ġword") and groups a whitespace run only up to its last character, so nothing spans a cut
+    made at the start of a run. The characters BERT's normalizer deletes rather than reads as
+    whitespace (\\v, \\f, U+0085) are never cut at. A stretch of `limit` characters with no such
+    place is cut at `limit` anyway: a word longer than that (or a long run of whitespace) is then
+    split in two, which changes the tokens at that one place only.
+    """
+    if len(text) <= limit:
+        return [text]
+    pieces = []
+    start = 0
+    while len(text) - start > limit:
+        # the last place in (start, start + limit] where a whitespace run starts
+        found = _CUT.match(text, start, start + limit + 1)
+        cut = found.start(1) if found else start + limit
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
 def pack_blocks(dataset, tokenizer, block_size: int, num_proc: int | None = None, desc: str = "train") -> np.ndarray:
     """Tokenize every text and pack the token stream into blocks of `block_size` ids.
 
     Each block is `[CLS]` followed by `block_size - 1` tokens of the stream, in which every document
     ends with `[SEP]` (RoBERTa: `<s>` and `</s>`). The incomplete tail of each map batch is dropped.
+    A text longer than `LONG_TEXT_CHARS` characters is tokenized in whitespace-aligned pieces
+    (`text_pieces`), whose ids are concatenated: the same tokens as the whole text, at a fraction of
+    the time and memory.
 
     Returns:
-        An int32 array of shape (n_blocks, block_size).
+        An int32 array of shape (n_blocks, block_size). For a dataset backed by cache files (anything
+        `load_texts` returns), the blocks are written once to an `.npy` file beside the datasets
+        cache, named by the packed dataset's fingerprint, and returned memory-mapped read-only, so
+        a corpus larger than RAM can be trained on; a later run (or another process of this run)
+        reuses the file. An in-memory dataset gives an in-memory array.
+
+    Raises:
+        DataError: when the blocks cannot be written to the cache directory (disk full, read-only).
     """
+    import pyarrow as pa
+
     backend = tokenizer.backend_tokenizer
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     body = block_size - 1
+    # pieces are only exact for a tokenizer that splits at whitespace before its model runs
+    limit = LONG_TEXT_CHARS if backend.pre_tokenizer is not None else None
+    per_call = _PIECES_PER_CALL
 
-    def tokenize(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
-        return {"ids": [e.ids for e in backend.encode_batch(batch["text"], add_special_tokens=False)]}
+    def encode(texts: list[str]) -> list[np.ndarray]:
+        return [np.asarray(e.ids, dtype=np.int32) for e in backend.encode_batch(texts, add_special_tokens=False)]
 
-    def pack(batch: dict[str, list[list[int]]]) -> dict[str, list[list[int]]]:
-        stream = np.fromiter(
-            (t for ids in batch["ids"] for t in (*ids, sep_id)), dtype=np.int32
-        )
+    def tokenize(batch: dict[str, list[str]]) -> dict[str, list[np.ndarray]]:
+        texts = batch["text"]
+        if limit is None or all(len(t) <= limit for t in texts):
+            return {"ids": encode(texts)}
+        short = [i for i, t in enumerate(texts) if len(t) <= limit]
+        ids: list[Any] = [None] * len(texts)
+        for i, doc in zip(short, encode([texts[i] for i in short])):
+            ids[i] = doc
+        for i, text in enumerate(texts):
+            if ids[i] is None:
+                pieces = text_pieces(text, limit)
+                # a few pieces per call: the tokenizer's per-token bookkeeping stays small
+                parts = [part for g in range(0, len(pieces), per_call) for part in encode(pieces[g : g + per_call])]
+                ids[i] = np.concatenate(parts)
+        return {"ids": ids}
+
+    def pack(batch: pa.Table) -> dict[str, np.ndarray]:
+        docs = batch.column("ids").combine_chunks()
+        tokens = docs.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+        ends = np.cumsum(docs.value_lengths().to_numpy(zero_copy_only=False))
+        stream = np.insert(tokens, ends, np.int32(sep_id))  # each document's ids, then SEP
         n = len(stream) // body
         blocks = np.empty((n, block_size), dtype=np.int32)
         blocks[:, 0] = cls_id
         blocks[:, 1:] = stream[: n * body].reshape(n, body)
-        return {"input_ids": blocks.tolist()}
+        return {"input_ids": blocks}
 
     # the tokenizers library already encodes a batch on every core, so extra processes only pay
     # off when asked for explicitly (data.num_proc)
     workers = num_proc if num_proc and num_proc > 1 else None
     tokenized = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, num_proc=workers, desc=f"Tokenizing {desc}")
-    packed = tokenized.map(pack, batched=True, batch_size=2000, remove_columns=["ids"], num_proc=workers, desc=f"Packing {desc}")
+    packed = tokenized.with_format("arrow").map(
+        pack, batched=True, batch_size=2000, remove_columns=["ids"], num_proc=workers, desc=f"Packing {desc}"
+    )
     if len(packed) == 0:
         return np.zeros((0, block_size), dtype=np.int32)
-    return np.asarray(packed.with_format("numpy")["input_ids"], dtype=np.int32)
+    if not packed.cache_files:
+        return _block_rows(packed, 0, len(packed), block_size)
+    path = Path(packed.cache_files[0]["filename"]).parent / f"lmtune-blocks-{packed._fingerprint}.npy"
+    blocks = _load_blocks(path, (len(packed), block_size))
+    if blocks is None:
+        _write_blocks(packed, path, block_size)
+        blocks = _load_blocks(path, (len(packed), block_size))
+        if blocks is None:
+            raise DataError(f"{path}: the packed blocks just written do not read back: check the disk, or set data.cache_dir")
+    log.debug("packed blocks: %s (%d x %d, memory-mapped)", path, *blocks.shape)
+    return blocks
+
+
+def _block_rows(packed, start: int, stop: int, block_size: int) -> np.ndarray:
+    """Rows [start, stop) of a packed dataset as an int32 array (n, block_size)."""
+    column = packed.with_format("arrow")[start:stop].column("input_ids").combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False).reshape(-1, block_size)
+
+
+def _load_blocks(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The complete blocks file at `path` memory-mapped read-only; None when missing or not as expected."""
+    try:
+        blocks = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):  # missing, or damaged by something other than lmtune
+        return None
+    if blocks.shape != shape or blocks.dtype != np.int32:
+        return None
+    return blocks
+
+
+def _write_blocks(packed, path: Path, block_size: int) -> None:
+    """Write the packed blocks to `path` chunk by chunk, under a temporary name moved into place at
+    the end: a reader (a later run, another process) sees a complete file or none."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        log.warning(
+            "%s is a partial blocks file, left by an interrupted run (unless another run is writing it now): "
+            "delete it to free the disk",
+            stale,
+        )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    rows = max(1, _WRITE_BYTES // (4 * block_size))
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(len(packed), block_size))
+        for start in range(0, len(packed), rows):
+            stop = min(start + rows, len(packed))
+            out[start:stop] = _block_rows(packed, start, stop, block_size)
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise DataError(
+            f"could not write the packed blocks to {path}: {exc.strerror or exc}: free disk space there, or set "
+            "data.cache_dir to a writable directory with room"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,10 +538,18 @@ def batch_generator(seed: int, *position: int) -> torch.Generator:
 
 
 def block_batches(
-    blocks: torch.Tensor, batch_size: int, seed: int, epoch: int, masker: Masker, start: int = 0, shuffle: bool = True
+    blocks: np.ndarray | torch.Tensor,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    masker: Masker,
+    start: int = 0,
+    shuffle: bool = True,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield masked batches of one epoch, in a seeded order, starting at batch `start`.
 
+    `blocks` is what `pack_blocks` returns (an array, possibly memory-mapped: only each batch's
+    rows are read) or a tensor of the same blocks; either gives the same batches, as int64 tensors.
     The last incomplete batch is dropped when shuffling (training); kept otherwise (evaluation).
     """
     n = len(blocks)
@@ -420,8 +557,15 @@ def block_batches(
     n_batches = n // batch_size if shuffle else -(-n // batch_size)
     for index in range(start, n_batches):
         rows = order[index * batch_size : (index + 1) * batch_size]
-        input_ids, labels = masker(blocks[rows].long(), batch_generator(seed, epoch, index))
+        input_ids, labels = masker(_gather(blocks, rows), batch_generator(seed, epoch, index))
         yield {"input_ids": input_ids, "labels": labels}
+
+
+def _gather(blocks: np.ndarray | torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """blocks[rows] as a new int64 tensor, rows in the order given."""
+    if isinstance(blocks, torch.Tensor):
+        return blocks[rows].long()
+    return torch.from_numpy(np.asarray(blocks[rows.numpy()], dtype=np.int64))
 
 
 # ----------------------------------------------------------------------------------------------

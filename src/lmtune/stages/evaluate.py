@@ -101,7 +101,7 @@ def evaluate(checkpoint: Path, data_files: list[str], cfg: Config, output_dir: P
     else:
         texts, _ = data.load_texts(data_files, "--data", d.text_column, d.txt_unit, d.cache_dir)
         model = AutoModelForMaskedLM.from_pretrained(checkpoint, trust_remote_code=remote).to(placement.device).eval()
-        blocks = torch.from_numpy(data.pack_blocks(texts, tokenizer, min(d.max_length, tokenizer.model_max_length), d.num_proc, "evaluation"))
+        blocks = data.pack_blocks(texts, tokenizer, min(d.max_length, tokenizer.model_max_length), d.num_proc, "evaluation")
         if len(blocks) == 0:
             raise ConfigError(f"--data: the text is shorter than one block of data.max_length={d.max_length} tokens")
         masker = data.build_masker(tokenizer, model.config.vocab_size, cfg.mlm)

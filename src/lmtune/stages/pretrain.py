@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import tokenizers
 import torch
 
@@ -93,11 +94,12 @@ def build_tokenizer(cfg: Config, train_ds: Any) -> Any:
     return tokenizer
 
 
-def pack(cfg: Config, tokenizer: Any, train_ds: Any, val_ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenize and pack both splits into blocks of data.max_length tokens."""
+def pack(cfg: Config, tokenizer: Any, train_ds: Any, val_ds: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenize and pack both splits into blocks of data.max_length tokens (int32 arrays, memory-mapped
+    from the datasets cache, so the corpus need not fit in memory)."""
     d = cfg.data
-    train_blocks = torch.from_numpy(data.pack_blocks(train_ds, tokenizer, d.max_length, d.num_proc, "train"))
-    val_blocks = torch.from_numpy(data.pack_blocks(val_ds, tokenizer, d.max_length, d.num_proc, "validation"))
+    train_blocks = data.pack_blocks(train_ds, tokenizer, d.max_length, d.num_proc, "train")
+    val_blocks = data.pack_blocks(val_ds, tokenizer, d.max_length, d.num_proc, "validation")
     engine.ensure_training_possible(len(train_blocks), cfg.train.batch_size, f"data.train (blocks of {d.max_length} tokens)")
     if len(val_blocks) == 0:
         raise DataError(
@@ -106,7 +108,7 @@ def pack(cfg: Config, tokenizer: Any, train_ds: Any, val_ds: Any) -> tuple[torch
         )
     log.info(
         "packed %s training tokens into %d blocks; %d validation blocks",
-        f"{train_blocks.numel():,}", len(train_blocks), len(val_blocks),
+        f"{train_blocks.size:,}", len(train_blocks), len(val_blocks),
     )
     return train_blocks, val_blocks
 
