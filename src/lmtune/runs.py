@@ -5,12 +5,15 @@ Layout (DESIGN.md): config.yaml, manifest.json, metrics.jsonl, final/, checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import platform
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +92,35 @@ def write_manifest(run_dir: Path, **fields: Any) -> None:
         **fields,
     }
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def update_manifest(run_dir: Path, **fields: Any) -> None:
+    """Merge `fields` into an existing manifest.json (written atomically)."""
+    path = run_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(fields)
+    tmp = path.with_name(".manifest.json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class PhaseClock:
+    """Wall-clock seconds per named phase of a stage (reading the data, training the tokenizer, ...),
+    for manifest.json's `timings` and the closing log line."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+
+    def summary(self) -> str:
+        return ", ".join(f"{name.removesuffix('_s')} {value:.1f} s" for name, value in self.seconds.items())
 
 
 class MetricsLog:

@@ -123,9 +123,12 @@ def pretrain(
     """
     placement, out, resume_from = place_run(cfg, resume, overwrite, force)
 
+    clock = runs.PhaseClock()
     with distributed.main_first():  # the other processes reuse rank 0's tokenizer and caches
-        train_ds, val_ds, files = load_corpus(cfg)
-        tokenizer = build_tokenizer(cfg, train_ds)
+        with clock.phase("load_s"):
+            train_ds, val_ds, files = load_corpus(cfg)
+        with clock.phase("tokenizer_s"):
+            tokenizer = build_tokenizer(cfg, train_ds)
         model = build_mlm(cfg.model, tokenizer, cfg.seed)
         check_compatible(model, tokenizer, cfg.data.max_length)
         log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device))
@@ -134,7 +137,8 @@ def pretrain(
             "model: %s, %d layers x %d wide, vocab %d, %.2fM parameters",
             cfg.model.arch, model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size, n_params / 1e6,
         )
-        train_blocks, val_blocks = pack(cfg, tokenizer, train_ds, val_ds)
+        with clock.phase("pack_s"):
+            train_blocks, val_blocks = pack(cfg, tokenizer, train_ds, val_ds)
         probe = None
         if cfg.probe is not None and distributed.is_main():
             probe = build_probe(cfg.probe, tokenizer, cfg.data.max_length, cfg.seed, cfg.data.cache_dir)
@@ -147,6 +151,7 @@ def pretrain(
         resume_from,
         command="pretrain",
         placement=placement.as_dict(),
+        timings=clock.seconds,
         data={
             "fingerprint": data.fingerprint(files),
             "files": len(files),
@@ -184,8 +189,11 @@ def pretrain(
         unit="tokens",
         evaluate=evaluate,
     )
-    result = run_training(task, cfg, placement, run_dir, display, resume_from)
-    log.info("saved the model and tokenizer to %s", run_dir / "final")
+    with clock.phase("train_s"):  # the optimizer steps, evaluations, checkpoints and the final save
+        result = run_training(task, cfg, placement, run_dir, display, resume_from)
+    if distributed.is_main():
+        runs.update_manifest(run_dir, timings=clock.seconds)
+    log.info("saved the model and tokenizer to %s (%s)", run_dir / "final", clock.summary())
     return PretrainResult(run_dir=run_dir, steps=result.steps, seconds=result.seconds, metrics=result.last_eval)
 
 
