@@ -1,31 +1,36 @@
-"""Benchmark lmtune against Hugging Face references on the CPU: pretraining, fine-tuning, prediction.
+"""Benchmark lmtune against Hugging Face references on the CPU: pretraining, fine-tuning, prediction,
+the whole pretraining pipeline, and the levers behind lmtune's pretraining speed.
 
-Three benchmarks, chosen with `--what` (default all three), each reported as lmtune / reference:
+Five benchmarks, chosen with `--what` (default the first four), each reported as lmtune / reference.
+Training runs in `--precision` on both sides; `auto` is what `lmtune` itself picks on this CPU: bf16
+autocast where the CPU has native bf16 instructions (AVX512-BF16/AMX), else fp32 (on an AVX2-only CPU
+bf16 is emulated and far slower: the `levers` benchmark measures it).
 
-* pretrain: tokens/s of one optimizer step of masked-LM pretraining, in bf16.
+* pretrain: tokens/s of one optimizer step of masked-LM pretraining.
   - lmtune: `lmtune.engine.train` driven by a `Task` built the way `stages/pretrain.py` builds it
-    (`build_mlm` model with pretraining dropout 0, `use_attention(model, "auto", cpu)` (eager on the
-    CPU), `Masker` masks, `mlm_loss` with the vocabulary head on masked positions only, bf16 autocast
-    from `devices.resolve("cpu", "bf16")`, fused AdamW, clipping), with evaluation and checkpoints off.
-  - reference: `transformers.Trainer` + `TrainingArguments(bf16=True, use_cpu=True)` +
-    `DataCollatorForLanguageModeling(mlm_probability=0.15)` on a stock `BertForMaskedLM` of the same
-    sizes and vocabulary (default `BertConfig` dropout 0.1, default attention, the head on every position).
-  - plus a bf16 matrix-multiply peak (`torch.matmul` on square bf16 matrices) and lmtune's model-FLOP
-    utilisation (MFU) against it.
+    (`build_mlm` model of `--arch` with pretraining dropout 0, `use_attention(model, "auto", cpu)`,
+    `Masker` masks, `mlm_loss` with the vocabulary head on masked positions only, the precision from
+    `devices.resolve`, fused AdamW, clipping), with evaluation and checkpoints off.
+  - reference: `transformers.Trainer` + `TrainingArguments(bf16=<precision is bf16>, use_cpu=True)` +
+    `DataCollatorForLanguageModeling(mlm_probability=0.15)` on the stock model of the same arch and
+    sizes (`BertForMaskedLM` with BertConfig's defaults: dropout 0.1; `ModernBertForMaskedLM` with
+    ModernBertConfig's default `sparse_prediction=False`; the head on every position).
+  - plus a matrix-multiply peak in the same precision (`torch.matmul` on square matrices) and lmtune's
+    model-FLOP utilisation (MFU) against it.
   Both train on the same packed blocks (a WordPiece tokenizer trained on samples/moby-dick/*.txt, blocks
   from `lmtune.data.pack_blocks`).
-* finetune: samples/s of one optimizer step of text-classifier fine-tuning, in bf16.
-  - data: the Moby-Dick sample split into sentences (3,000-odd, 3 to 200-odd words; longer ones are
-    truncated at `--seq-len`), labelled `whale` when the sentence contains "whale", else `other`.
+* finetune: samples/s of one optimizer step of text-classifier fine-tuning, in `--precision`.
+  - data: `--data` (default the Moby-Dick sample split into sentences, 3,000-odd, labelled `whale`
+    when the sentence contains "whale", else `other`); longer texts are truncated at `--seq-len`.
   - checkpoint: a freshly initialised (not pretrained) `BertForMaskedLM` of `--preset` size (standard
     `BertConfig`: dropout 0.1) with a WordPiece tokenizer trained by `lmtune.tokenization.train_tokenizer`
     on the same text (`model_max_length` = `--seq-len`), saved to a temporary dir. Both sides load it as a
     classifier with a new 2-way head (and pooler), seeded alike, and check that their initial weights match.
   - lmtune: the pieces `stages/finetune.py` uses: `load_for_finetuning`, `check_compatible`,
     `use_attention(model, "auto", cpu)`, `data.encode_rows` (no padding), `length_grouped_batches` +
-    `pad_batch` (each batch padded to its longest row), `classification_loss`, `engine.train` (bf16
-    autocast, fused AdamW, clipping) with evaluation and checkpoints off.
-  - reference: `Trainer(bf16=True, use_cpu=True)` on `AutoModelForSequenceClassification` from the same
+    `pad_batch` (each batch padded to its longest row), `classification_loss`, `engine.train` (the
+    precision, fused AdamW, clipping) with evaluation and checkpoints off.
+  - reference: `Trainer(bf16=<as lmtune>, use_cpu=True)` on `AutoModelForSequenceClassification` from the same
     dir, the rows tokenized run_glue.py-style (`truncation=True, max_length`, no padding) and batched by
     `DataCollatorWithPadding` in the default random order (no length grouping; `--ref-sampling
     group_by_length` switches on the Trainer's `LengthGroupedSampler` for comparison).
@@ -37,6 +42,20 @@ Three benchmarks, chosen with `--what` (default all three), each reported as lmt
     batch_size=--batch-size)` called with `truncation=True, max_length=--seq-len`.
   - the classifier: the one lmtune fine-tuned in the first finetune run (or, with `--what predict` alone,
     the fresh classifier). The script reports how often the two sides agree on the top label.
+
+* pipeline: `lmtune pretrain` end to end in its own process (fresh caches: read the text files, train
+  the tokenizer, tokenize and pack, train `--pipe-steps` steps, evaluate, save), against the same
+  pipeline built from the libraries as a user of run_mlm.py would: `datasets.load_dataset("text")`,
+  a `tokenizers` WordPiece trained with `train_from_iterator`, run_mlm.py's tokenize + `group_texts`
+  with `datasets.map`, then Trainer, evaluate and save_model, also in its own process. Reports each
+  phase, the whole process's wall time and its peak resident memory (VmHWM). Needs `--corpus`
+  (default data/corpus, 22 MB: `scripts/fetch_data.py corpus`).
+* levers: lmtune's pretraining step as shipped against the same step with one change (`--levers`:
+  SDPA attention, foreach or for-loop AdamW, 1 thread, torch.compile of the encoder, dropout 0.1, the
+  head on every position, bf16/fp32), alternating, with the final losses side by side.
+
+`--data` picks the finetune/predict texts: the bundled Moby-Dick sentences (default) or the train split
+of a task fetched by `scripts/fetch_data.py` (tweets, bbc-news, spam) with its own labels.
 
 Training runs do `--warmup` (or `--ft-warmup`) untimed steps first; only the steps after them are timed
 (wall clock from the end of the last warmup step to the end of the last step, taken by a per-step hook on
@@ -54,7 +73,10 @@ on a busy one, much longer.
 
 Run it from the repository root:
 
-    .venv/bin/python scripts/bench.py                       # all three, mini preset, 3 repeats
+    .venv/bin/python scripts/bench.py                       # pretrain, finetune, predict, pipeline; mini preset
+    .venv/bin/python scripts/bench.py --what finetune,predict --data tweets --seq-len 64
+    .venv/bin/python scripts/bench.py --what pipeline --preset small --arch modernbert --pipe-steps 20
+    .venv/bin/python scripts/bench.py --what levers --arch modernbert --steps 20 --repeats 2
     .venv/bin/python scripts/bench.py --what finetune,predict --json bench.json
     .venv/bin/python scripts/bench.py --what pretrain --preset tiny --steps 20 --repeats 5 --threads 2
 """

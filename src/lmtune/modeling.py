@@ -98,7 +98,7 @@ def modernbert_config(
 
 def use_attention(model: PreTrainedModel, choice: str, device: Any) -> str:
     """Switch the attention kernel: `auto` means eager on the CPU, where PyTorch's fused SDPA
-    backward is slower for BERT-sized heads (measured in docs/benchmarks.md), and SDPA elsewhere."""
+    backward is slower for BERT-sized heads (measured in docs/PERFORMANCE.md), and SDPA elsewhere."""
     kind = choice if choice != "auto" else ("eager" if getattr(device, "type", device) == "cpu" else "sdpa")
     model.set_attn_implementation(kind)
     return kind
