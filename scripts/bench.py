@@ -61,15 +61,15 @@ Training runs do `--warmup` (or `--ft-warmup`) untimed steps first; only the ste
 (wall clock from the end of the last warmup step to the end of the last step, taken by a per-step hook on
 each side: `TrainingDisplay.update` in lmtune, `TrainerCallback.on_step_end` in the reference). Each
 benchmark alternates the two sides (ABBA order) for `--repeats` rounds (`--predict-repeats` for predict,
-after one untimed pass per side); medians are reported.
+after one untimed pass per side; `--pipe-repeats` for pipeline); medians are reported.
 
 On a shared machine other processes' CPU use ruins every number here (with 2 threads on 2 busy cores
 a step gets several times slower), so before each round and each run the script waits up to
 `--wait-idle` seconds for the CPUs to be idle, and it reports the share of CPU time other processes
 used during each run (from /proc/stat minus its own CPU time); a repeat in which that exceeded 5% in
 either run is left out of the medians (unless all were) and replaced by an extra repeat, at most
-`--retries` per benchmark. On an idle 2-core machine the default run (all three) takes about 6 minutes;
-on a busy one, much longer.
+`--retries` per benchmark. On an idle 2-core AVX2 machine in fp32 the default run (four benchmarks) takes
+about 30 minutes, most of it the reference sides; `--what` and fewer `--steps`/`--repeats` shorten it.
 
 Run it from the repository root:
 
@@ -181,6 +181,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--steps, --warmup, --ft-steps, --ft-warmup, --repeats and --predict-repeats must be at least 1")
     if args.predict_texts < args.batch_size:
         p.error("--predict-texts must be at least --batch-size")
+    if min(args.pipe_steps, args.pipe_repeats, args.pipe_eval_batches) < 1 or not 0 < args.pipe_validation < 1:
+        p.error("--pipe-steps, --pipe-repeats and --pipe-eval-batches must be at least 1; --pipe-validation in (0, 1)")
+    if "pipeline" in args.what and not any(Path(args.corpus).rglob("*.txt")):
+        p.error(
+            f"--corpus {args.corpus}: no .txt files there for the pipeline benchmark: run "
+            "`.venv/bin/python scripts/fetch_data.py corpus` (the 22 MB public-domain corpus), point --corpus at a "
+            "directory of .txt files, or leave pipeline out of --what"
+        )
+    bad_levers = [n.strip() for n in args.levers.split(",") if n.strip() and n.strip() not in LEVERS]
+    if "levers" in args.what and bad_levers:
+        p.error(f"--levers: {', '.join(bad_levers)} not among {', '.join(LEVERS)}")
+    if ("finetune" in args.what or "predict" in args.what) and args.data != "moby-dick":
+        if not (REPO / "data" / args.data / "train.jsonl").is_file():
+            p.error(f"--data {args.data}: data/{args.data}/train.jsonl is missing: run `.venv/bin/python scripts/fetch_data.py {args.data}`")
     from lmtune import devices
 
     args.precision_reason = devices.resolve("cpu", args.precision).reason
@@ -472,8 +486,10 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path, variant: 
     model = build_mlm(cfg.model, tokenizer, cfg.seed)
     check_compatible(model, tokenizer, cfg.data.max_length)
     attention = use_attention(model, variant.get("attention", cfg.model.attention), placement.device)  # as stages/pretrain.py does
-    if variant.get("full_head"):
-        model.config.sparse_prediction = False  # ModernBERT's own switch; BERT always runs the head everywhere
+    if variant.get("full_head"):  # ModernBERT's own switch (read once at init); BERT always runs the head everywhere
+        model.config.sparse_prediction = False
+        if hasattr(model, "sparse_prediction"):
+            model.sparse_prediction = False
     if variant.get("compile"):
         model.base_model.compile()
     masker = make_masker(cfg, tokenizer, model.config.vocab_size)
@@ -482,6 +498,7 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path, variant: 
         t = t.model_copy(update={"num_threads": variant["threads"]})
     threads_before = torch.get_num_threads()
     build_optimizer = engine.build_optimizer
+    build_optimizer_variant = None
     if variant.get("optimizer") in ("foreach", "loop"):
         def build_optimizer_variant(model, train_cfg, device, groups=None):
             groups = [g for g in (groups or engine.default_param_groups(list(model.parameters()), train_cfg.weight_decay)) if g["params"]]
@@ -490,7 +507,7 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path, variant: 
                 fused=False, foreach=variant["optimizer"] == "foreach",
             )
 
-        engine.build_optimizer = build_optimizer_variant
+
     step_tokens: list[int] = []
     step_masked: list[int] = []
 
@@ -513,7 +530,10 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path, variant: 
         evaluate=None,  # no evaluation, not even the one at the end
     )
     try:
+        if build_optimizer_variant is not None:
+            engine.build_optimizer = build_optimizer_variant
         result, clock, run_dir = train_with_engine(task, t, placement, workdir, "lmtune-")
+        threads = torch.get_num_threads()
     finally:
         engine.build_optimizer = build_optimizer
         torch.set_num_threads(threads_before)
@@ -529,7 +549,7 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path, variant: 
         "step_ms_median": step_ms,
         "last_loss": clock.losses[-1] if clock.losses else None,
         "attention": attention,
-        "threads": torch.get_num_threads(),
+        "threads": threads,
     }
     del task, model
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -1506,7 +1526,7 @@ def lmtune_pipeline(args: argparse.Namespace, workdir: Path, files: list[str]) -
         "load_s": timings.get("load_s"),
         "tokenizer_s": timings.get("tokenizer_s"),
         "tokenize_pack_s": timings.get("pack_s"),
-        "train_eval_save_s": timings.get("train_s"),
+        "train_eval_save_s": (timings["train_s"] + timings.get("model_s", 0.0)) if "train_s" in timings else None,
     }
     result = {
         "phases": phases,
@@ -1552,6 +1572,14 @@ def reference_pipeline_main(argv: list[str]) -> int:
         vocab_size=spec["vocab"], min_frequency=2, show_progress=False,
         special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
     )
+    from tokenizers.processors import TemplateProcessing
+
+    # a BertWordPieceTokenizer trained from nothing has no post-processor: give it BERT's, as a hub
+    # tokenizer has, so every paragraph is [CLS] ... [SEP] as in run_mlm.py
+    cls_id, sep_id = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
+    wordpiece.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=wordpiece._tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
         sep_token="[SEP]", mask_token="[MASK]", model_max_length=spec["seq_len"],
@@ -1594,8 +1622,11 @@ def reference_pipeline_main(argv: list[str]) -> int:
         per_device_train_batch_size=spec["batch_size"],
         per_device_eval_batch_size=spec["batch_size"],
         max_steps=spec["steps"],
-        learning_rate=5.0e-4,
+        learning_rate=5.0e-4,  # lmtune's train defaults, so both sides optimise alike
         weight_decay=0.01,
+        adam_beta1=0.9,
+        adam_beta2=0.98,
+        adam_epsilon=1e-6,
         max_grad_norm=1.0,
         lr_scheduler_type="linear",
         warmup_steps=0.06,
@@ -1749,7 +1780,7 @@ def main(argv: list[str] | None = None) -> int:
     placement = devices.resolve("cpu", args.precision)
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads on "
-        f"{os.cpu_count()} CPUs; training in {placement.precision} ({placement.reason}); running: {', '.join(args.what)}",
+        f"{os.cpu_count()} CPUs; training in {placement.precision} ({args.precision_reason}); running: {', '.join(args.what)}",
         flush=True,
     )
     results: dict = {

@@ -25,6 +25,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "src"))
 
 
 def matmul_peak(device: str, dtype: torch.dtype, n: int) -> float:

@@ -15,6 +15,11 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH="/tmp/lmtune-site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
-"$PY" -c "import datasets, pydantic, typer, rich, yaml, sklearn, lmtune" || {
-  echo "error: lmtune's dependencies are not importable by $PY: bring them with bash scripts/gpu_wheels.sh" >&2; exit 2; }
+"$PY" - <<'PY' || { echo "error: lmtune's dependencies are not all importable by $PY: bring them with bash scripts/gpu_wheels.sh (and carry .whl)" >&2; exit 2; }
+import datasets, pydantic, typer, rich, yaml, sklearn, transformers
+import lmtune.cli, lmtune.data, lmtune.engine, lmtune.modeling, lmtune.stages.pretrain, lmtune.stages.finetune
+major = int(transformers.__version__.split(".")[0])
+assert major >= 5, f"lmtune needs transformers 5, this machine has {transformers.__version__}"
+print(f"datasets {datasets.__version__}, pydantic {pydantic.__version__}, transformers {transformers.__version__}")
+PY
 exec "$PY" scripts/gpu_check.py "$@"

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Download, into .whl/ (git-ignored), the wheels of lmtune's dependencies that a GPU machine's image
-# (Python 3.12 with torch, transformers, rich, typer, pyyaml, scikit-learn, pyarrow) may lack, so that
-# scripts/gpu_check.sh can install them there with no network. Run it where pip reaches the package index.
+# (Python 3.12 with torch, transformers, rich, typer, pyyaml, scikit-learn, pyarrow, pandas, xxhash,
+# fsspec, huggingface-hub) lacks, so that scripts/gpu_check.sh can install them there with no network.
+# Run it where pip reaches the package index; the run on the GPU machine must carry .whl/. If that
+# machine's pyarrow, fsspec or typing-extensions are too old for these versions, the check's import
+# test says so: add those wheels here too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYVER="${GPU_PYTHON_VERSION:-3.12}"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+import pytest
+from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, ModernBertConfig, ModernBertForMaskedLM
 
 from lmtune.modeling import IGNORE_INDEX, mlm_loss, use_attention
 from lmtune.stages.finetune import layerwise_groups
@@ -21,6 +22,60 @@ def test_mlm_loss_matches_the_full_head_loss_of_transformers():
     assert torch.allclose(ours, theirs, atol=1e-5)
     assert int(stats["masked"]) == int((labels != IGNORE_INDEX).sum())
     assert 0 <= int(stats["correct"]) <= int(stats["masked"])
+
+
+def _modernbert(sparse: bool) -> ModernBertForMaskedLM:
+    torch.manual_seed(0)
+    config = ModernBertConfig(
+        vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        layer_types=["full_attention"] * 2, pad_token_id=0, sparse_prediction=sparse,
+    )
+    return ModernBertForMaskedLM(config)
+
+
+@pytest.mark.parametrize("arch", ["bert", "modernbert"])
+def test_masked_only_head_gives_the_full_heads_loss_and_gradients(arch):
+    """The optimised path (head on masked positions only) against the stock forward (head everywhere):
+    the same loss and the same gradient for every weight, in training mode."""
+    no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # train mode, same results
+    ours_model = BertForMaskedLM(BertConfig(**SIZES, **no_dropout)) if arch == "bert" else _modernbert(sparse=True)
+    stock = BertForMaskedLM(BertConfig(**SIZES, **no_dropout)) if arch == "bert" else _modernbert(sparse=False)
+    stock.load_state_dict(ours_model.state_dict())
+    ids = torch.randint(5, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+    labels = torch.where(torch.rand(4, 16, generator=torch.Generator().manual_seed(2)) < 0.3, ids, torch.full_like(ids, IGNORE_INDEX))
+    ours, _ = mlm_loss(ours_model.train(), {"input_ids": ids, "labels": labels})
+    theirs = stock.train()(input_ids=ids, labels=labels).loss
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    ours.backward()
+    theirs.backward()
+    stock_grads = dict(stock.named_parameters())
+    for name, p in ours_model.named_parameters():
+        assert torch.allclose(p.grad, stock_grads[name].grad, atol=1e-5), name
+
+
+def test_fused_adamw_matches_the_plain_loop():
+    """The engine's fused AdamW takes the same steps as the textbook for-loop implementation."""
+    weights = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = BertForMaskedLM(BertConfig(**SIZES))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, fused=fused, foreach=None if fused else False)
+        for step in range(3):
+            ids = torch.randint(5, 128, (4, 16), generator=torch.Generator().manual_seed(step))
+            labels = torch.where(ids % 3 == 0, ids, torch.full_like(ids, IGNORE_INDEX))
+            loss, _ = mlm_loss(model, {"input_ids": ids, "labels": labels})
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*weights))
+
+
+def test_auto_attention_is_eager_for_bert_and_sdpa_for_modernbert_on_the_cpu():
+    cpu = torch.device("cpu")
+    assert use_attention(BertForMaskedLM(BertConfig(**SIZES)), "auto", cpu) == "eager"
+    assert use_attention(_modernbert(sparse=True), "auto", cpu) == "sdpa"
+    assert use_attention(_modernbert(sparse=True), "eager", cpu) == "eager"
 
 
 def test_eager_and_sdpa_attention_agree_on_padded_batches():

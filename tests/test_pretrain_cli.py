@@ -80,7 +80,7 @@ def test_pretrain_learns_and_reloads_with_plain_transformers(tmp_path, runner):
     assert manifest["seed"] == 0 and len(manifest["data"]["fingerprint"]) == 64
     # where the time went: every phase timed, training (which includes the final save) the last
     timings = manifest["timings"]
-    assert list(timings) == ["load_s", "tokenizer_s", "pack_s", "train_s"]
+    assert list(timings) == ["load_s", "tokenizer_s", "model_s", "pack_s", "train_s"]
     assert all(v > 0 for v in timings.values())
     assert load_config(run / "config.yaml").train.max_steps == 400
 

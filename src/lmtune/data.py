@@ -340,6 +340,17 @@ def text_pieces(text: str, limit: int) -> list[str]:
     return pieces
 
 
+def splits_exactly_at_whitespace(backend: Any) -> bool:
+    """True for the pre-tokenizers lmtune trains (BERT's, and byte-level BPE without a prefix space),
+    for which tokenizing whitespace-aligned pieces gives exactly the tokens of the whole text. Others
+    (regex splits that join punctuation with the newlines after it, a prefix space, Metaspace) may
+    not, so their long texts are tokenized whole."""
+    spec = json.loads(backend.to_str()).get("pre_tokenizer") or {}
+    if spec.get("type") == "BertPreTokenizer":
+        return True
+    return spec.get("type") == "ByteLevel" and not spec.get("add_prefix_space", True)
+
+
 def pack_blocks(dataset, tokenizer, block_size: int, num_proc: int | None = None, desc: str = "train") -> np.ndarray:
     """Tokenize every text and pack the token stream into blocks of `block_size` ids.
 
@@ -365,8 +376,8 @@ def pack_blocks(dataset, tokenizer, block_size: int, num_proc: int | None = None
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     body = block_size - 1
-    # pieces are only exact for a tokenizer that splits at whitespace before its model runs
-    limit = LONG_TEXT_CHARS if backend.pre_tokenizer is not None else None
+    # pieces are only exact for a pre-tokenizer known to split at whitespace before its model runs
+    limit = LONG_TEXT_CHARS if splits_exactly_at_whitespace(backend) else None
     per_call = _PIECES_PER_CALL
 
     def encode(texts: list[str]) -> list[np.ndarray]:

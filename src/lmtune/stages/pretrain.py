@@ -129,9 +129,10 @@ def pretrain(
             train_ds, val_ds, files = load_corpus(cfg)
         with clock.phase("tokenizer_s"):
             tokenizer = build_tokenizer(cfg, train_ds)
-        model = build_mlm(cfg.model, tokenizer, cfg.seed)
-        check_compatible(model, tokenizer, cfg.data.max_length)
-        log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device))
+        with clock.phase("model_s"):
+            model = build_mlm(cfg.model, tokenizer, cfg.seed)
+            check_compatible(model, tokenizer, cfg.data.max_length)
+            log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device))
         n_params = sum(p.numel() for p in model.parameters())
         log.info(
             "model: %s, %d layers x %d wide, vocab %d, %.2fM parameters",
