@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 from pathlib import Path
 from typing import Any
@@ -507,6 +509,19 @@ def test_a_long_document_packs_exactly_as_if_tokenized_whole(arch, monkeypatch, 
     sep = tok.sep_token_id
     assert len(stream) > len(first) + len(ids) + 3
     assert stream[: len(first) + len(ids) + 3] == [*first, sep, *ids, sep, last[0]]
+
+
+def test_a_tokenizer_whose_pre_tokenizer_is_not_known_to_split_exactly_is_tokenized_whole(bert_tok, roberta_tok, monkeypatch):
+    from tokenizers import pre_tokenizers
+
+    assert data.splits_exactly_at_whitespace(bert_tok.backend_tokenizer)
+    assert data.splits_exactly_at_whitespace(roberta_tok.backend_tokenizer)
+    other = copy.deepcopy(bert_tok)
+    other.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    assert not data.splits_exactly_at_whitespace(other.backend_tokenizer)
+    monkeypatch.setattr(data, "LONG_TEXT_CHARS", 50)
+    monkeypatch.setattr(data, "text_pieces", lambda *a, **k: pytest.fail("a Metaspace tokenizer's text was cut"))
+    pack_blocks(Dataset.from_dict({"text": ["call me ishmael " * 20]}), other, 16)
 
 
 # ----------------------------------------------------------------------------------------------
