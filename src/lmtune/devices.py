@@ -119,7 +119,7 @@ def resolve(device: str = "auto", precision: str = "auto") -> Placement:
     if precision == "bf16" and kind == "cpu" and not cpu_has_native_bf16():
         note = (
             " (this CPU has no native bf16 instructions, so bf16 matrix multiplies are emulated: "
-            "measured 50-150x slower than fp32 on an AVX2 CPU, see docs/PERFORMANCE.md; use fp32 or auto)"
+            "a matrix multiply measured over 100x slower than fp32 on an AVX2 CPU, see docs/PERFORMANCE.md; use fp32 or auto)"
         )
     where = "device requested" if why == "requested" else why
     return Placement(dev, precision, f"{where}; precision {precision} requested{note}")
