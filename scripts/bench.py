@@ -48,7 +48,7 @@ bf16 is emulated and far slower: the `levers` benchmark measures it).
   pipeline built from the libraries as a user of run_mlm.py would: `datasets.load_dataset("text")`,
   a `tokenizers` WordPiece trained with `train_from_iterator`, run_mlm.py's tokenize + `group_texts`
   with `datasets.map`, then Trainer, evaluate and save_model, also in its own process. Reports each
-  phase, the whole process's wall time and its peak resident memory (VmHWM). Needs `--corpus`
+  phase, the whole process's wall time and its peak resident memory (its `ru_maxrss`). Needs `--corpus`
   (default data/corpus, 22 MB: `scripts/fetch_data.py corpus`).
 * levers: lmtune's pretraining step as shipped against the same step with one change (`--levers`:
   SDPA attention, foreach or for-loop AdamW, 1 thread, torch.compile of the encoder, dropout 0.1, the
@@ -274,16 +274,19 @@ def wait_until_idle(max_wait: float, threshold: float = 0.10) -> str | None:
 # matmul peak, in the precision the benchmark trains in
 
 
-def matmul_gflops(n: int, dtype: torch.dtype, reps: int = 10) -> float:
-    """Median GFLOP/s of an (n x n) @ (n x n) matmul in `dtype` (2 n^3 FLOPs each)."""
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
+def matmul_gflops(n: int, dtype: torch.dtype, reps: int = 10, device: str = "cpu") -> float:
+    """Median GFLOP/s of an (n x n) @ (n x n) matmul in `dtype` on `device` (2 n^3 FLOPs each)."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     for _ in range(3):
         torch.matmul(a, b)
     rates = []
     for _ in range(reps):
+        sync()
         t0 = time.perf_counter()
         torch.matmul(a, b)
+        sync()
         rates.append(2 * n**3 / (time.perf_counter() - t0) / 1e9)
     return statistics.median(rates)
 
@@ -1440,32 +1443,24 @@ def bench_predict(args: argparse.Namespace, cls: Classification, workdir: Path) 
 # The whole pretraining pipeline: text files in, a trained checkpoint out
 
 
-def run_measured(command: list[str], env: dict[str, str] | None = None) -> dict:
-    """Run `command` to completion; its wall time and peak resident memory (its own and its children's)."""
+def run_measured(command: list[str]) -> dict:
+    """Run `command` offline to completion in its own process: its wall time, its output, the share of
+    the CPUs other processes took meanwhile, and its peak resident memory (`ru_maxrss` of that one
+    child, from `os.wait4`, so each side's figure is its own)."""
     import subprocess
 
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "120"}
     probe = ForeignLoad()
     t0 = time.perf_counter()
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output, _ = proc.communicate()
+    output = proc.stdout.read()
+    proc.stdout.close()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
     wall = time.perf_counter() - t0
-    usage = __import__("resource").getrusage(__import__("resource").RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])} ... failed ({proc.returncode}):\n{output[-3000:]}")
-    # ru_maxrss of RUSAGE_CHILDREN is the largest peak of any child waited for so far: each side runs
-    # in a fresh process, and the script measures the larger side last only if that is the order, so
-    # the per-process peak comes from the child's own report (VmHWM) instead, with this as a bound
-    return {"wall_s": wall, "children_maxrss_mb": usage.ru_maxrss / 1024, "output": output, "foreign_cpu_share": probe.share()}
-
-
-PEAK_RSS_LINE = re.compile(r"^peak_rss_mb=([0-9.]+)$", re.M)
-
-
-def report_peak_rss() -> None:
-    """Print this process's peak resident memory (VmHWM) on its last line, for run_measured's caller."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            print(f"peak_rss_mb={int(line.split()[1]) / 1024:.1f}", flush=True)
+    return {"wall_s": wall, "output": output, "peak_rss_mb": usage.ru_maxrss / 1024, "foreign_cpu_share": probe.share()}
 
 
 def pipeline_files(args: argparse.Namespace) -> list[str]:
@@ -1481,6 +1476,8 @@ def pipeline_files(args: argparse.Namespace) -> list[str]:
 def lmtune_pipeline(args: argparse.Namespace, workdir: Path, files: list[str]) -> dict:
     """`lmtune pretrain` as a user runs it, in its own process, with fresh caches."""
     import yaml
+
+    from lmtune.runs import read_metrics
 
     run = Path(tempfile.mkdtemp(prefix="pipe-lmtune-", dir=workdir))
     config = {
@@ -1510,16 +1507,9 @@ def lmtune_pipeline(args: argparse.Namespace, workdir: Path, files: list[str]) -
         },
     }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    script = (
-        "import sys, runpy; sys.argv = ['lmtune', 'pretrain', sys.argv[1]];\n"
-        "try:\n    runpy.run_module('lmtune', run_name='__main__')\n"
-        "except SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
-        f"sys.path.insert(0, {str(REPO / 'scripts')!r}); import bench; bench.report_peak_rss(); sys.exit(code)"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "120"}
-    out = run_measured([sys.executable, "-c", script, str(run / "config.yaml")], env)
+    out = run_measured([sys.executable, "-m", "lmtune", "pretrain", str(run / "config.yaml")])
     manifest = json.loads((run / "out" / "manifest.json").read_text())
-    records = [json.loads(line) for line in (run / "out" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_metrics(run / "out" / "metrics.jsonl")
     train = [r for r in records if r["type"] == "train"]
     timings = manifest.get("timings", {})
     phases = {
@@ -1531,7 +1521,7 @@ def lmtune_pipeline(args: argparse.Namespace, workdir: Path, files: list[str]) -
     result = {
         "phases": phases,
         "total_s": out["wall_s"],
-        "peak_rss_mb": float(PEAK_RSS_LINE.findall(out["output"])[-1]),
+        "peak_rss_mb": out["peak_rss_mb"],
         "steps": train[-1]["step"],
         "tokens": manifest["data"]["train_blocks"] * args.seq_len,
         "first_loss": train[0]["loss"],
@@ -1654,7 +1644,6 @@ def reference_pipeline_main(argv: list[str]) -> int:
         "phases": timings, "tokens": len(grouped["train"]) * block, "losses": losses,
         "eval_loss": metrics.get("eval_loss"),
     }), flush=True)
-    report_peak_rss()
     return 0
 
 
@@ -1666,14 +1655,13 @@ def reference_pipeline(args: argparse.Namespace, workdir: Path, files: list[str]
         "preset": args.preset, "batch_size": args.batch_size, "steps": args.pipe_steps, "precision": args.precision,
         "threads": args.threads, "eval_batches": args.pipe_eval_batches,
     }
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    out = run_measured([sys.executable, str(Path(__file__).resolve()), "--pipeline-reference", json.dumps(spec)], env)
+    out = run_measured([sys.executable, str(Path(__file__).resolve()), "--pipeline-reference", json.dumps(spec)])
     lines = [line for line in out["output"].splitlines() if line.startswith("{")]
     reported = json.loads(lines[-1])
     result = {
         "phases": reported["phases"],
         "total_s": out["wall_s"],
-        "peak_rss_mb": float(PEAK_RSS_LINE.findall(out["output"])[-1]),
+        "peak_rss_mb": out["peak_rss_mb"],
         "steps": args.pipe_steps,
         "tokens": reported["tokens"],
         "first_loss": reported["losses"][0][1] if reported["losses"] else None,

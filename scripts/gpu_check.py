@@ -18,7 +18,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -27,23 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "src"))
 
-
-def matmul_peak(device: str, dtype: torch.dtype, n: int) -> float:
-    """Median TFLOP/s of an n x n x n matmul (2 n^3 FLOPs) on `device`."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    rates = []
-    for _ in range(10):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        a @ b
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        rates.append(2 * n**3 / (time.perf_counter() - t0) / 1e12)
-    return statistics.median(rates)
+from bench import flops_per_token, matmul_gflops  # noqa: E402  (scripts/ and src/ are on the path from here on)
+from lmtune.runs import read_metrics  # noqa: E402
 
 
 def lmtune(*args: str) -> None:
@@ -57,8 +41,7 @@ def lmtune(*args: str) -> None:
 
 def rates(run_dir: Path, key: str) -> list[float]:
     """Throughput of every logged window but the first (which holds start-up and compilation)."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r[key] for r in records if r["type"] == "train"][1:]
+    return [r[key] for r in read_metrics(run_dir / "metrics.jsonl") if r["type"] == "train"][1:]
 
 
 def main() -> int:
@@ -76,12 +59,10 @@ def main() -> int:
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.precision]
     n = 8192 if args.device.startswith("cuda") else 1024
-    peak = matmul_peak(args.device, dtype, n)
+    peak = matmul_gflops(n, dtype, device=args.device) / 1000  # TFLOP/s
     print(f"torch {torch.__version__} on {name}: {args.precision} matmul {n}^3 at {peak:.1f} TFLOP/s", flush=True)
 
     from transformers import AutoModelForMaskedLM
-
-    from bench import flops_per_token
 
     out = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     results: dict = {"device": name, "torch": torch.__version__, "precision": args.precision, "matmul_peak_tflops": peak, "runs": []}
@@ -114,8 +95,7 @@ def main() -> int:
             "--set", "finetune.patience=null",
         )
         sps = statistics.median(rates(ft, "samples_per_s") or [float("nan")])
-        records = [json.loads(line) for line in (ft / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        evals = [r for r in records if r["type"] == "eval"]
+        evals = [r for r in read_metrics(ft / "metrics.jsonl") if r["type"] == "eval"]
         acc = evals[-1].get("eval_accuracy") if evals else None
         rows.append((f"finetune {preset} on reviews", f"{sps:,.0f} samples/s", "" if acc is None else f"val accuracy {acc:.3f}"))
         results["runs"].append({"stage": "finetune", "preset": preset, "samples_per_s": sps, "validation_accuracy": acc})

@@ -401,7 +401,7 @@ def pack_blocks(dataset, tokenizer, block_size: int, num_proc: int | None = None
 
     def pack(batch: pa.Table) -> dict[str, np.ndarray]:
         docs = batch.column("ids").combine_chunks()
-        tokens = docs.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+        tokens = _int32_values(docs)
         ends = np.cumsum(docs.value_lengths().to_numpy(zero_copy_only=False))
         stream = np.insert(tokens, ends, np.int32(sep_id))  # each document's ids, then SEP
         n = len(stream) // body
@@ -432,10 +432,15 @@ def pack_blocks(dataset, tokenizer, block_size: int, num_proc: int | None = None
     return blocks
 
 
+def _int32_values(lists: Any) -> np.ndarray:
+    """The values of an Arrow list array, concatenated, as int32."""
+    return lists.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+
+
 def _block_rows(packed, start: int, stop: int, block_size: int) -> np.ndarray:
     """Rows [start, stop) of a packed dataset as an int32 array (n, block_size)."""
     column = packed.with_format("arrow")[start:stop].column("input_ids").combine_chunks()
-    return column.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False).reshape(-1, block_size)
+    return _int32_values(column).reshape(-1, block_size)
 
 
 def _load_blocks(path: Path, shape: tuple[int, int]) -> np.ndarray | None:

@@ -91,15 +91,18 @@ def write_manifest(run_dir: Path, **fields: Any) -> None:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **fields,
     }
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _write_manifest(run_dir / "manifest.json", manifest)
 
 
 def update_manifest(run_dir: Path, **fields: Any) -> None:
-    """Merge `fields` into an existing manifest.json (written atomically)."""
+    """Merge `fields` into an existing manifest.json."""
     path = run_dir / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest.update(fields)
-    tmp = path.with_name(".manifest.json.tmp")
+    _write_manifest(path, {**json.loads(path.read_text()), **fields})
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Write manifest.json atomically (a temp file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, path)
 
