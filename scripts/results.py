@@ -119,7 +119,8 @@ def collect() -> list[dict]:
         if task in tfidf:
             b = tfidf[task]
             rows.append({"task": task, "model": "tfidf", "what": "TF-IDF + logistic regression", "seeds": [],
-                         "accuracy": [b["test_accuracy"]], "f1_macro": [b["test_f1_macro"]], "steps": None})
+                         "accuracy": [b["test_accuracy"]], "f1_macro": [b["test_f1_macro"]], "steps": None,
+                         "minutes": b["seconds"] / 60 if "seconds" in b else None})
         for model, (checkpoint, _, what) in MODELS.items():
             runs = sorted((RESULTS / task / model).glob("seed-*/eval-test/metrics.json"))
             if not runs:
@@ -131,8 +132,13 @@ def collect() -> list[dict]:
                 "seeds": [int(p.parent.parent.name.removeprefix("seed-")) for p in runs],
                 "accuracy": [m["accuracy"] for m in metrics], "f1_macro": [m["f1_macro"] for m in metrics],
                 "steps": max((r["step"] for r in train), default=None),
+                "minutes": statistics.mean(_wall_s(p.parent.parent) for p in runs) / 60,
             })
     return rows
+
+
+def _wall_s(run: Path) -> float:
+    return json.loads((run / "wall_s.json").read_text())["finetune_and_eval_s"]
 
 
 def _fmt(values: list[float]) -> str:
@@ -143,12 +149,13 @@ def _fmt(values: list[float]) -> str:
 
 def table(args: argparse.Namespace) -> None:
     rows = collect()
-    print("| task | model | seeds | fine-tuning steps | test accuracy | test macro-F1 |")
-    print("| --- | --- | --- | ---: | ---: | ---: |")
+    print("| task | model | seeds | fine-tuning steps | minutes per run | test accuracy | test macro-F1 |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for r in rows:
         seeds = ", ".join(map(str, r["seeds"])) or "-"
-        steps = "" if r["steps"] is None else str(r["steps"])
-        print(f"| {r['task']} | {r['what']} | {seeds} | {steps} | {_fmt(r['accuracy'])} | {_fmt(r['f1_macro'])} |")
+        steps = "" if r["steps"] is None else f"{r['steps']:,}"
+        minutes = "" if r["minutes"] is None else f"{r['minutes']:.1f}"
+        print(f"| {r['task']} | {r['what']} | {seeds} | {steps} | {minutes} | {_fmt(r['accuracy'])} | {_fmt(r['f1_macro'])} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     print("\n(mean ± sample standard deviation over the listed fine-tuning seeds)")

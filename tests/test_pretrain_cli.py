@@ -51,6 +51,8 @@ def test_pretrain_learns_and_reloads_with_plain_transformers(tmp_path, runner):
         "checkpoints/step-200/optimizer.pt",
         "checkpoints/step-200/rng.pt",
         "checkpoints/step-200/state.json",
+        "checkpoints/step-200/tokenizer.json",
+        "checkpoints/step-200/tokenizer_config.json",
     }
 
     # the loss falls and the model learned the sounds
@@ -121,6 +123,35 @@ def test_resume_reaches_bitwise_identical_weights(tmp_path, runner):
         assert torch.equal(full[name], resumed[name]), name
     steps = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"]
     assert steps[-1] == 8
+
+
+def test_resume_uses_the_checkpoints_tokenizer_not_the_cache(tmp_path, runner):
+    """Resumed with another data.cache_dir, the run takes the checkpoint's tokenizer instead of training a
+    new one (tokenizer training is not bit-for-bit deterministic), and still ends with the uninterrupted
+    run's weights. A checkpoint without one (an older lmtune's) rebuilds it with a warning."""
+    config = tiny_config(tmp_path, train={"batch_size": 16, "lr": 2.0e-3, "max_steps": 8, "save_every": 4, "keep_last": 5, "eval_every": None})
+    first = ["--precision", "fp32", "--set", f"data.cache_dir={tmp_path / 'cache-a'}"]
+    assert invoke(runner, "pretrain", config, *first).exit_code == 0
+    run = tmp_path / "run"
+    full = load_file(run / "final" / "model.safetensors")
+    assert (run / "checkpoints" / "step-4" / "tokenizer.json").read_bytes() == (run / "final" / "tokenizer.json").read_bytes()
+
+    shutil.rmtree(run / "final")
+    shutil.rmtree(run / "checkpoints" / "step-8", ignore_errors=True)
+    other_cache = tmp_path / "cache-b"
+    result = invoke(runner, "pretrain", config, "--precision", "fp32", "--resume", "--set", f"data.cache_dir={other_cache}")
+    assert result.exit_code == 0, result.output
+    assert not (other_cache / "lmtune-tokenizers").exists()  # no tokenizer was trained
+    resumed = load_file(run / "final" / "model.safetensors")
+    assert all(torch.equal(full[name], resumed[name]) for name in full)
+
+    shutil.rmtree(run / "final")
+    shutil.rmtree(run / "checkpoints" / "step-8", ignore_errors=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (run / "checkpoints" / "step-4" / name).unlink()
+    result = invoke(runner, "pretrain", config, *first, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "holds none" in " ".join(result.output.split()), result.output
 
 
 def test_resume_in_bf16_gives_the_same_loss_curve(tmp_path, runner):

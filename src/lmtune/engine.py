@@ -58,6 +58,7 @@ class Task:
     greater_is_better: bool = True
     patience: int | None = None  # stop after this many evaluations without improvement
     param_groups: list[dict[str, Any]] | None = None  # custom groups: params, weight_decay, lr_scale
+    save_assets: Callable[[Path], None] | None = None  # writes what else a checkpoint needs (the tokenizer)
 
 
 @dataclass
@@ -186,9 +187,11 @@ def checkpoint_step(path: Path) -> int:
 
 
 def save_checkpoint(
-    run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, state: dict[str, Any], keep: int
+    run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, state: dict[str, Any], keep: int,
+    assets: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write checkpoints/step-N atomically (a temp dir renamed into place) and keep the newest `keep`."""
+    """Write checkpoints/step-N atomically (a temp dir renamed into place) and keep the newest `keep`.
+    `assets` writes the stage's own files into it first (pretraining: the tokenizer it must resume with)."""
     root = run_dir / "checkpoints"
     root.mkdir(exist_ok=True)
     final = root / f"step-{state['step']}"
@@ -203,6 +206,8 @@ def save_checkpoint(
     torch.save(rng, tmp / "rng.pt")
     if scaler is not None:
         torch.save(scaler.state_dict(), tmp / "scaler.pt")
+    if assets is not None:
+        assets(tmp)
     (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -440,7 +445,7 @@ def train(
                     if distributed.broadcast_flag(stop, placement.device):
                         done, stopped_by = True, "early stopping"
                 if cfg.save_every and step % cfg.save_every == 0 and not done and main:
-                    save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last)
+                    save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last, task.save_assets)
                 window_start += time.perf_counter() - paused
                 if done:
                     break
@@ -449,7 +454,7 @@ def train(
         display.close()
         if not main:
             raise TrainingInterrupted(f"interrupted at step {step}") from None
-        where = save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last) if step else None
+        where = save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last, task.save_assets) if step else None
         saved = f"saved {where}; continue with the same command plus --resume" if where else "nothing to save yet"
         raise TrainingInterrupted(f"interrupted at step {step}: {saved}") from None
 

@@ -55,14 +55,25 @@ def load_corpus(cfg: Config) -> tuple[Any, Any, list[Path]]:
     return train_ds, val_ds, files
 
 
-def build_tokenizer(cfg: Config, train_ds: Any) -> Any:
-    """Reuse tokenizer.path, or train one on the training split only (never on validation text).
+def build_tokenizer(cfg: Config, train_ds: Any, resume_from: Path | None = None) -> Any:
+    """The checkpoint's own tokenizer when resuming; else tokenizer.path, or one trained on the training
+    split only (never on validation text).
 
     A trained tokenizer is cached under the datasets cache, keyed by the training data's fingerprint
     and the tokenizer settings: training is not bit-for-bit deterministic, and reusing the same
-    tokenizer is what lets a second run reuse the cached tokenization too.
+    tokenizer is what lets a second run reuse the cached tokenization too. Checkpoints carry the
+    tokenizer, so a resumed run keeps the token ids its weights were trained on whatever the cache holds.
     """
     t = cfg.tokenizer
+    if resume_from is not None:
+        if (resume_from / "tokenizer.json").is_file():
+            tokenizer = load_tokenizer(str(resume_from))
+            log.info("tokenizer: the checkpoint's own (%d tokens)", len(tokenizer))
+            return tokenizer
+        log.warning(
+            "tokenizer: %s holds none (an older lmtune wrote it), so it is rebuilt from the data: resume with "
+            "the data.cache_dir the run started with, or the token ids may not match the weights", resume_from,
+        )
     if t.path:
         tokenizer = load_tokenizer(t.path)
         log.info("tokenizer: loaded from %s (%d tokens)", t.path, len(tokenizer))
@@ -128,7 +139,7 @@ def pretrain(
         with clock.phase("load_s"):
             train_ds, val_ds, files = load_corpus(cfg)
         with clock.phase("tokenizer_s"):
-            tokenizer = build_tokenizer(cfg, train_ds)
+            tokenizer = build_tokenizer(cfg, train_ds, resume_from)
         with clock.phase("model_s"):
             model = build_mlm(cfg.model, tokenizer, cfg.seed)
             check_compatible(model, tokenizer, cfg.data.max_length)
@@ -186,6 +197,7 @@ def pretrain(
         batches_per_epoch=len(train_blocks) // t.batch_size,
         loss=mlm_loss,
         save=partial(_save, tokenizer=tokenizer),
+        save_assets=tokenizer.save_pretrained,
         count=lambda batch: batch["input_ids"].numel(),
         unit="tokens",
         evaluate=evaluate,
