@@ -86,8 +86,8 @@ def snapshots(args: argparse.Namespace) -> None:
         print(f"{out}: {nearest.name} at {elapsed[nearest] / 60:.1f} minutes")
 
 
-def run_dir(task: str, model: str, seed: int) -> Path:
-    return RESULTS / task / model / f"seed-{seed}"
+def run_dir(task: str, model: str, seed: int, tag: str | None = None) -> Path:
+    return RESULTS / task / (f"{model}@{tag}" if tag else model) / f"seed-{seed}"
 
 
 def finetune(args: argparse.Namespace) -> None:
@@ -97,7 +97,7 @@ def finetune(args: argparse.Namespace) -> None:
             if not checkpoint.is_dir():
                 sys.exit(f"error: {checkpoint} is missing: run `results.py pretrain` / `snapshots` (or fetch minilm) first")
             for seed in args.seeds:
-                out = run_dir(task, model, seed)
+                out = run_dir(task, model, seed, args.tag)
                 if (out / "eval-test" / "metrics.json").is_file():
                     continue
                 config = ROOT / "configs" / "finetune" / f"{task}{suffix}.yaml"
@@ -108,6 +108,7 @@ def finetune(args: argparse.Namespace) -> None:
                     "--set", f"model.checkpoint={checkpoint}", "--set", f"seed={seed}", *extra,
                 )
                 lmtune("eval", out / "config.yaml", "--output-dir", out / "eval-test")
+                (out / "protocol.json").write_text(json.dumps({"config": str(config.relative_to(ROOT)), "set": args.set or []}) + "\n")
                 (out / "wall_s.json").write_text(json.dumps({"finetune_and_eval_s": time.perf_counter() - start}) + "\n")
 
 
@@ -120,21 +121,33 @@ def collect() -> list[dict]:
             b = tfidf[task]
             rows.append({"task": task, "model": "tfidf", "what": "TF-IDF + logistic regression", "seeds": [],
                          "accuracy": [b["test_accuracy"]], "f1_macro": [b["test_f1_macro"]], "steps": None,
-                         "minutes": b["seconds"] / 60 if "seconds" in b else None})
+                         "minutes": None})  # baseline.py's own timing: it may have shared the CPU
+        variants = sorted(p.name for p in (RESULTS / task).glob("*@*") if p.is_dir())
         for model, (checkpoint, _, what) in MODELS.items():
-            runs = sorted((RESULTS / task / model).glob("seed-*/eval-test/metrics.json"))
-            if not runs:
-                continue
-            metrics = [json.loads(p.read_text()) for p in runs]
-            train = [r for p in runs for r in read_metrics(p.parent.parent / "metrics.jsonl") if r["type"] == "train"]
-            rows.append({
-                "task": task, "model": model, "what": what,
-                "seeds": [int(p.parent.parent.name.removeprefix("seed-")) for p in runs],
-                "accuracy": [m["accuracy"] for m in metrics], "f1_macro": [m["f1_macro"] for m in metrics],
-                "steps": max((r["step"] for r in train), default=None),
-                "minutes": statistics.mean(_wall_s(p.parent.parent) for p in runs) / 60,
-            })
+            if (checkpoint / "snapshot.json").is_file():  # the nearest checkpoint's real step and time
+                snap = json.loads((checkpoint / "snapshot.json").read_text())
+                what += f" ({Path(snap['checkpoint']).name}, {snap['elapsed_s'] / 60:.1f} min)"
+            for variant in [model] + [v for v in variants if v.partition("@")[0] == model]:
+                if row := _model_row(task, variant, what):
+                    rows.append(row)
     return rows
+
+
+def _model_row(task: str, variant: str, what: str) -> dict | None:
+    """One row from every finished seed of RESULTS/task/variant (MODEL or MODEL@TAG), or None."""
+    runs = sorted((RESULTS / task / variant).glob("seed-*/eval-test/metrics.json"))
+    if not runs:
+        return None
+    tag = variant.partition("@")[2]
+    metrics = [json.loads(p.read_text()) for p in runs]
+    train = [r for p in runs for r in read_metrics(p.parent.parent / "metrics.jsonl") if r["type"] == "train"]
+    return {
+        "task": task, "model": variant, "what": f"{what} ({tag})" if tag else what,
+        "seeds": [int(p.parent.parent.name.removeprefix("seed-")) for p in runs],
+        "accuracy": [m["accuracy"] for m in metrics], "f1_macro": [m["f1_macro"] for m in metrics],
+        "steps": max((r["step"] for r in train), default=None),
+        "minutes": statistics.mean(_wall_s(p.parent.parent) for p in runs) / 60,
+    }
 
 
 def _wall_s(run: Path) -> float:
@@ -171,6 +184,7 @@ def main() -> None:
     ft.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ft.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ft.add_argument("--set", action="append", help="extra --set for every fine-tuning run, e.g. train.epochs=1")
+    ft.add_argument("--tag", help="a variant of the protocol (with its --set): runs go to MODEL@TAG, a row of its own")
     tb = sub.add_parser("table", help="print the Markdown table of every finished run")
     tb.add_argument("--json", help="also write the rows as JSON here")
     args = parser.parse_args()
