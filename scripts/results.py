@@ -6,6 +6,7 @@ typed in by hand. Steps, in the order they depend on each other:
 
     python scripts/results.py pretrain               # configs/pretrain/cpu-hour.yaml (60 CPU minutes)
                                                      # and the same architecture left at initialisation
+    python scripts/results.py pretrain --minutes 15  # the same recipe as a 15-minute run of its own
     python scripts/results.py snapshots              # the 60-minute run's checkpoints nearest 15 and
                                                      # 30 minutes, as loadable model dirs
     python scripts/results.py finetune --tasks tweets --models random lmtune-60 --seeds 0 1 2
@@ -41,6 +42,7 @@ MODELS: dict[str, tuple[Path, str, str]] = {
     "lmtune-15": (RESULTS / "cpu-hour-at-15min", "", "lmtune, the 60-minute run's checkpoint at 15 minutes"),
     "lmtune-30": (RESULTS / "cpu-hour-at-30min", "", "lmtune, the 60-minute run's checkpoint at 30 minutes"),
     "lmtune-60": (PRETRAINED / "final", "", "lmtune, pretrained 60 minutes"),
+    "lmtune-15-run": (ROOT / "runs" / "cpu-15min" / "final", "", "lmtune, a 15-minute run of its own (schedule fitted to 15 minutes)"),
     "minilm": (ROOT / "models" / "minilm-l6", "-minilm", "all-MiniLM-L6-v2 (pretrained at scale)"),
 }
 
@@ -53,6 +55,11 @@ def lmtune(*args: object) -> None:
 
 
 def pretrain(args: argparse.Namespace) -> None:
+    if args.minutes != 60:  # the same recipe with its schedule fitted to a shorter budget
+        out = ROOT / "runs" / f"cpu-{args.minutes}min"
+        if not (out / "final").is_dir():
+            lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", out, "--overwrite", "--set", f"train.max_minutes={args.minutes}")
+        return
     if not (PRETRAINED / "final").is_dir():
         lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", PRETRAINED, "--overwrite")
     random_init = RESULTS / "random-init"
@@ -177,7 +184,8 @@ def table(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("pretrain", help="the 60-minute pretraining run and the random-initialisation model")
+    pt = sub.add_parser("pretrain", help="the 60-minute pretraining run and the random-initialisation model")
+    pt.add_argument("--minutes", type=int, default=60, choices=(15, 30, 60), help="15 or 30: a run of its own in runs/cpu-Nmin")
     sub.add_parser("snapshots", help="model dirs from the 60-minute run's checkpoints at 15 and 30 minutes")
     ft = sub.add_parser("finetune", help="fine-tune and evaluate each task x model x seed (skips finished runs)")
     ft.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
