@@ -510,7 +510,6 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path, variant: 
                 fused=False, foreach=variant["optimizer"] == "foreach",
             )
 
-
     step_tokens: list[int] = []
     step_masked: list[int] = []
 

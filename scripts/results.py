@@ -36,13 +36,22 @@ PRETRAINED = ROOT / "runs" / "cpu-hour"
 TASKS = ("tweets", "tweets-2k", "bbc-news", "spam")
 SNAPSHOT_MINUTES = (15, 30)
 
+
+def shorter_run(minutes: int) -> Path:
+    """Where `results.py pretrain --minutes N` puts the recipe's run of its own for a shorter budget."""
+    return ROOT / "runs" / f"cpu-{minutes}min"
+
+
 # model name -> (checkpoint dir, task config suffix, what the row says)
 MODELS: dict[str, tuple[Path, str, str]] = {
     "random": (RESULTS / "random-init" / "final", "", "same architecture, no pretraining"),
     "lmtune-15": (RESULTS / "cpu-hour-at-15min", "", "lmtune, the 60-minute run's checkpoint at 15 minutes"),
     "lmtune-30": (RESULTS / "cpu-hour-at-30min", "", "lmtune, the 60-minute run's checkpoint at 30 minutes"),
     "lmtune-60": (PRETRAINED / "final", "", "lmtune, pretrained 60 minutes"),
-    "lmtune-15-run": (ROOT / "runs" / "cpu-15min" / "final", "", "lmtune, a 15-minute run of its own (schedule fitted to 15 minutes)"),
+    **{
+        f"lmtune-{m}-run": (shorter_run(m) / "final", "", f"lmtune, a {m}-minute run of its own (schedule fitted to {m} minutes)")
+        for m in SNAPSHOT_MINUTES
+    },
     "minilm": (ROOT / "models" / "minilm-l6", "-minilm", "all-MiniLM-L6-v2 (pretrained at scale)"),
 }
 
@@ -56,7 +65,7 @@ def lmtune(*args: object) -> None:
 
 def pretrain(args: argparse.Namespace) -> None:
     if args.minutes != 60:  # the same recipe with its schedule fitted to a shorter budget
-        out = ROOT / "runs" / f"cpu-{args.minutes}min"
+        out = shorter_run(args.minutes)
         if not (out / "final").is_dir():
             lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", out, "--overwrite", "--set", f"train.max_minutes={args.minutes}")
         return
@@ -185,7 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     pt = sub.add_parser("pretrain", help="the 60-minute pretraining run and the random-initialisation model")
-    pt.add_argument("--minutes", type=int, default=60, choices=(15, 30, 60), help="15 or 30: a run of its own in runs/cpu-Nmin")
+    pt.add_argument("--minutes", type=int, default=60, choices=(*SNAPSHOT_MINUTES, 60), help="15 or 30: a run of its own in runs/cpu-Nmin (model lmtune-N-run)")
     sub.add_parser("snapshots", help="model dirs from the 60-minute run's checkpoints at 15 and 30 minutes")
     ft = sub.add_parser("finetune", help="fine-tune and evaluate each task x model x seed (skips finished runs)")
     ft.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
