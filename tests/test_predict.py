@@ -1,7 +1,7 @@
 """stages/predict.py: loading classifiers, reading inputs, and batched prediction in input order.
 
 The fixtures are tiny randomly initialised BERT classifiers (2 layers, width 32) with a WordPiece
-tokenizer trained here, saved with `save_pretrained`: no network, a few hundred milliseconds.
+tokenizer over a fixed vocabulary, saved with `save_pretrained`: no network, a few hundred milliseconds.
 """
 
 from __future__ import annotations
@@ -9,15 +9,17 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import models
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, pipeline
 
 from lmtune.errors import ConfigError, DataError
 from lmtune.stages.predict import MULTI_LABEL, REGRESSION, SINGLE_LABEL, load_classifier, predict, read_inputs
-from lmtune.tokenization import train_tokenizer
+from lmtune.tokenization import BERT_SPECIALS, _wordpiece, wrap
 
 CPU = torch.device("cpu")
 SENTENCES = [
@@ -65,22 +67,35 @@ def _save_classifier(path: Path, tokenizer, **config) -> Path:
 
 
 def _centre(model: BertForSequenceClassification, tokenizer) -> None:
-    """Shift the "pos" bias so that about half of TEXTS are "pos", none of them near a tie.
+    """Scale the head so that the "pos" margins of TEXTS span 6 logits, then shift the "pos" bias
+    so that about half of them are "pos", none of them near a tie.
 
-    The trained vocabulary differs from run to run (the WordPiece trainer breaks ties between
-    equally frequent merges in hash order), so a fixed bias would not do.
+    Scaling keeps the texts' order: texts the encoder cannot tell apart still score alike.
     """
     with torch.no_grad():
         batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=MAX_POSITIONS, return_tensors="pt")
         logits = model(**batch).logits  # (N, 2)
-        margins = sorted(set((logits[:, 1] - logits[:, 0]).tolist()))  # distinct "pos" margins
+        margins = logits[:, 1] - logits[:, 0]
+        scale = 6.0 / float(margins.max() - margins.min())
+        model.classifier.weight *= scale
+        model.classifier.bias *= scale
+        margins = sorted(set((margins * scale).tolist()))  # distinct "pos" margins
         k = len(margins) // 2
         model.classifier.bias[1] -= (margins[k - 1] + margins[k]) / 2  # halfway between the middle two
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_tokenizer(SENTENCES * 4, "bert", 128)
+    """lmtune's WordPiece tokenizer over a fixed vocabulary: every word of SENTENCES and TEXTS, and
+    the letters. A trained vocabulary would differ from run to run (the WordPiece trainer breaks
+    ties between equally frequent merges in hash order), and with it every score."""
+    words = sorted({w for t in SENTENCES + TEXTS for w in re.findall(r"\w+", t)})
+    letters = sorted({c for w in words for c in w})
+    vocab = list(BERT_SPECIALS.values()) + [",", "."] + letters + [f"##{c}" for c in letters] + words
+    tok, _ = _wordpiece(lowercase=True)
+    tok.model = models.WordPiece({piece: i for i, piece in enumerate(vocab)}, unk_token="[UNK]")
+    assert len(vocab) <= TINY["vocab_size"]
+    return wrap(tok, "bert", 512)
 
 
 @pytest.fixture(scope="module")
