@@ -34,10 +34,11 @@ bf16 is emulated and far slower: the `levers` benchmark measures it).
     dir, the rows tokenized run_glue.py-style (`truncation=True, max_length`, no padding) and batched by
     `DataCollatorWithPadding` in the default random order (no length grouping; `--ref-sampling
     group_by_length` switches on the Trainer's `LengthGroupedSampler` for comparison).
-* predict: texts/s of classifying `--predict-texts` sentences end to end (texts in, labels out), fp32,
-  the model already loaded, both in the order given.
-  - lmtune: `lmtune.stages.predict.predict` (length-sorted batches) on `load_classifier`'s model, with
-    `lmtune predict`'s precision (fp32) and `--batch-size` texts per batch.
+* predict: texts/s of classifying `--predict-texts` sentences end to end (texts in, labels out), the
+  model already loaded, both in the order given; the reference in fp32.
+  - lmtune: `lmtune.stages.predict.predict` (length-sorted batches) on `load_classifier`'s model, in
+    `--predict-precision` as `lmtune predict --precision` runs it (fp32, or int8: the model through
+    `quantize_int8`), `--batch-size` texts per batch.
   - reference: `transformers.pipeline("text-classification", model=dir, device="cpu",
     batch_size=--batch-size)` called with `truncation=True, max_length=--seq-len`.
   - the classifier: the one lmtune fine-tuned in the first finetune run (or, with `--what predict` alone,
@@ -142,6 +143,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="pretrain and finetune: rounds of (lmtune, reference), alternating (default 3)")
     p.add_argument("--predict-texts", type=int, default=2000, help="predict: texts classified per run (default 2000)")
     p.add_argument("--predict-repeats", type=int, default=4, help="predict: rounds of (lmtune, reference), alternating (default 4)")
+    p.add_argument(
+        "--predict-precision", choices=("fp32", "int8"), default="fp32",
+        help="predict: lmtune's side as `lmtune predict --precision` (default fp32; the reference is always fp32)",
+    )
     p.add_argument(
         "--ref-sampling", choices=("random", "group_by_length"), default="random",
         help="finetune: the reference Trainer's train_sampling_strategy (default random, the Trainer's default)",
@@ -1322,15 +1327,18 @@ def bench_finetune(args: argparse.Namespace, cls: Classification, workdir: Path)
 def bench_predict(args: argparse.Namespace, cls: Classification, workdir: Path) -> dict:
     from transformers import pipeline
 
-    from lmtune.stages.predict import load_classifier, predict
+    from lmtune.stages.predict import load_classifier, predict, quantize_int8
 
-    section("predict: texts/s, fp32")
+    precision = args.predict_precision
+    section(f"predict: texts/s, lmtune {precision}, reference fp32")
     fine_tuned = cls.classifier_dir is not None
     path = cls.classifier_dir if fine_tuned else fresh_classifier(cls, workdir)
     cpu = torch.device("cpu")
     texts, bs, limit = cls.predict_texts, args.batch_size, args.seq_len
     t0 = time.perf_counter()
     model, tokenizer, info = load_classifier(str(path), cpu)
+    if precision == "int8":
+        model = quantize_int8(model)
     lm_load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     pipe = pipeline("text-classification", model=str(path), device="cpu", batch_size=bs)
@@ -1341,6 +1349,7 @@ def bench_predict(args: argparse.Namespace, cls: Classification, workdir: Path) 
     setup = {
         "classifier": "lmtune fine-tuned (first finetune run)" if fine_tuned else "fresh (untrained head)",
         "texts": len(texts),
+        "lmtune_precision": precision,
         "lmtune_load_s": lm_load_s,
         "reference_load_s": ref_load_s,
         "lmtune_model": {"dtype": str(model.dtype), "attention": model.config._attn_implementation},
@@ -1350,7 +1359,7 @@ def bench_predict(args: argparse.Namespace, cls: Classification, workdir: Path) 
     }
     print(
         f"{len(texts)} texts (median {statistics.median(cls.predict_lengths):.0f} tokens), batch {bs}, max length {limit}, "
-        f"fp32 on both sides; classifier: {setup['classifier']}",
+        f"lmtune {precision}, reference fp32; classifier: {setup['classifier']}",
         flush=True,
     )
     print(
@@ -1416,7 +1425,7 @@ def bench_predict(args: argparse.Namespace, cls: Classification, workdir: Path) 
     print_table(
         f"predict: medians over {med['rounds_used']} of {med['rounds']} repeats"
         + (f" ({left_out} left out: other processes used over 5% of the CPUs)" if left_out else "")
-        + f", {len(texts)} texts each, batch {bs}, max length {limit}, fp32",
+        + f", {len(texts)} texts each, batch {bs}, max length {limit}, lmtune {precision}, reference fp32",
         [
             ("lmtune predict() texts/s", f"{med['lmtune']:,.0f}"),
             ("reference pipeline() texts/s", f"{med['reference']:,.0f}"),
@@ -1811,7 +1820,7 @@ def main(argv: list[str] | None = None) -> int:
     units = {
         "pretrain": f"tokens/s ({args.precision})",
         "finetune": f"samples/s ({args.precision})",
-        "predict": "texts/s (fp32)",
+        "predict": f"texts/s (lmtune {args.predict_precision})",
         "pipeline": "seconds end to end (ratio: reference / lmtune)",
     }
     rows = [("benchmark", "unit", "lmtune", "reference", "ratio", "target", "")]

@@ -7,6 +7,9 @@ typed in by hand. Steps, in the order they depend on each other:
     python scripts/results.py pretrain               # configs/pretrain/cpu-hour.yaml (60 CPU minutes)
                                                      # and the same architecture left at initialisation
     python scripts/results.py pretrain --minutes 15  # the same recipe as a 15-minute run of its own
+    python scripts/results.py pretrain --tag mask-0.3 --set mlm.probability=0.3
+                                                     # a variant of the 60-minute recipe: model
+                                                     # lmtune-60+mask-0.3, runs/cpu-hour+mask-0.3
     python scripts/results.py snapshots              # the 60-minute run's checkpoints nearest 15 and
                                                      # 30 minutes, as loadable model dirs
     python scripts/results.py finetune --tasks tweets --models random lmtune-60 --seeds 0 1 2
@@ -42,6 +45,11 @@ def shorter_run(minutes: int) -> Path:
     return ROOT / "runs" / f"cpu-{minutes}min"
 
 
+def pretrain_variant(tag: str) -> Path:
+    """Where `results.py pretrain --tag TAG --set ...` puts a variant of the 60-minute recipe."""
+    return ROOT / "runs" / f"cpu-hour+{tag}"
+
+
 # model name -> (checkpoint dir, task config suffix, what the row says)
 MODELS: dict[str, tuple[Path, str, str]] = {
     "random": (RESULTS / "random-init" / "final", "", "same architecture, no pretraining"),
@@ -53,6 +61,11 @@ MODELS: dict[str, tuple[Path, str, str]] = {
         for m in SNAPSHOT_MINUTES
     },
     "minilm": (ROOT / "models" / "minilm-l6", "-minilm", "all-MiniLM-L6-v2 (pretrained at scale)"),
+    **{  # the pretraining variants run so far
+        f"lmtune-60+{tag}": (run / "final", "", f"lmtune, pretrained 60 minutes with {tag}")
+        for run in sorted(ROOT.glob("runs/cpu-hour+*"))
+        for tag in [run.name.partition("+")[2]]
+    },
 }
 
 
@@ -64,6 +77,17 @@ def lmtune(*args: object) -> None:
 
 
 def pretrain(args: argparse.Namespace) -> None:
+    if bool(args.tag) != bool(args.set):
+        sys.exit("error: a pretraining variant needs both --tag and --set")
+    if args.tag and args.minutes != 60:
+        sys.exit("error: --tag varies the 60-minute recipe: leave out --minutes")
+    if args.tag:  # a variant of the 60-minute recipe, fine-tuned as model lmtune-60+TAG
+        out = pretrain_variant(args.tag)
+        if not (out / "final").is_dir():
+            extra = [a for s in args.set for a in ("--set", s)]
+            lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", out, "--overwrite", "--set", f"train.max_minutes={args.minutes}", *extra)
+            (out / "protocol.json").write_text(json.dumps({"config": str(PRETRAIN_CONFIG.relative_to(ROOT)), "set": args.set}) + "\n")
+        return
     if args.minutes != 60:  # the same recipe with its schedule fitted to a shorter budget
         out = shorter_run(args.minutes)
         if not (out / "final").is_dir():
@@ -195,6 +219,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     pt = sub.add_parser("pretrain", help="the 60-minute pretraining run and the random-initialisation model")
     pt.add_argument("--minutes", type=int, default=60, choices=(*SNAPSHOT_MINUTES, 60), help="15 or 30: a run of its own in runs/cpu-Nmin (model lmtune-N-run)")
+    pt.add_argument("--tag", help="a variant of the 60-minute recipe (with its --set): runs/cpu-hour+TAG, model lmtune-60+TAG")
+    pt.add_argument("--set", action="append", help="the variant's --set, e.g. mlm.probability=0.3")
     sub.add_parser("snapshots", help="model dirs from the 60-minute run's checkpoints at 15 and 30 minutes")
     ft = sub.add_parser("finetune", help="fine-tune and evaluate each task x model x seed (skips finished runs)")
     ft.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)

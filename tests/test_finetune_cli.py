@@ -92,6 +92,18 @@ def test_finetune_then_eval_a_learnable_task(tmp_path, runner, pretrained):
     assert [r["label"] for r in rows] == [classify(t)[0]["label"] for t in texts] == ["negative", "positive", "negative"]
     assert all(abs(sum(r["scores"].values()) - 1) < 1e-5 for r in rows)
 
+    # --precision int8 (int8 linear layers) keeps the accuracy and nearly every label of fp32
+    test = FIXTURES / "reviews" / "test.jsonl"
+    gold = [json.loads(line)["label"] for line in test.read_text().splitlines()]
+    labels = {}
+    for precision in ("fp32", "int8"):
+        result = invoke(runner, "predict", run / "best", "--input", test, "--precision", precision)
+        assert result.exit_code == 0, result.output
+        labels[precision] = [json.loads(line)["label"] for line in result.stdout.splitlines()]
+    assert sum(a == b for a, b in zip(labels["fp32"], gold)) / len(gold) == pytest.approx(metrics["accuracy"])
+    assert sum(a == b for a, b in zip(labels["int8"], gold)) / len(gold) >= metrics["accuracy"] - 0.02
+    assert sum(a == b for a, b in zip(labels["int8"], labels["fp32"])) >= len(gold) - 3
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize(

@@ -17,8 +17,9 @@ import torch
 from tokenizers import models
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, pipeline
 
-from lmtune.errors import ConfigError, DataError
-from lmtune.stages.predict import MULTI_LABEL, REGRESSION, SINGLE_LABEL, load_classifier, predict, read_inputs
+from conftest import invoke
+from lmtune.errors import ConfigError, DataError, DeviceError
+from lmtune.stages.predict import MULTI_LABEL, REGRESSION, SINGLE_LABEL, load_classifier, predict, quantize_int8, read_inputs
 from lmtune.tokenization import BERT_SPECIALS, _wordpiece, wrap
 
 CPU = torch.device("cpu")
@@ -178,6 +179,39 @@ def test_bf16_autocast_close_to_fp32(single):
     bf16 = predict(model, tok, info, TEXTS, all_scores=True, precision="bf16")
     assert [r["scores"]["pos"] for r in bf16] == pytest.approx([r["scores"]["pos"] for r in fp32], abs=0.05)
     assert next(model.parameters()).dtype == torch.float32  # autocast leaves the weights alone
+
+
+def test_int8_quantises_the_encoder_and_stays_close_to_fp32(single):
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    model, tok, info = single
+    int8 = quantize_int8(model)
+    linear = {name: type(m) for name, m in int8.named_modules() if isinstance(m, (torch.nn.Linear, Int8Linear))}
+    assert linear.pop("classifier") is torch.nn.Linear  # the head stays fp32
+    assert linear and all(kind is Int8Linear for kind in linear.values())  # query/key/value, FFN, pooler
+    assert type(model.bert.encoder.layer[0].attention.self.query) is torch.nn.Linear  # a copy: the model is unchanged
+    fp32 = predict(model, tok, info, TEXTS, all_scores=True)
+    fast = predict(int8, tok, info, TEXTS, all_scores=True)
+    pos32, pos8 = [r["scores"]["pos"] for r in fp32], [r["scores"]["pos"] for r in fast]
+    assert pos8 == pytest.approx(pos32, abs=0.1)  # the head spreads the margins over 6 logits: a broken model would be far off
+    assert pos8 != pytest.approx(pos32, abs=1e-6)  # int8 really ran: its rounding shows
+
+
+def test_int8_refuses_a_model_off_the_cpu(single):
+    model, _, _ = single
+    meta = BertForSequenceClassification(BertConfig(**TINY)).to("meta")
+    with pytest.raises(DeviceError, match="CPU only"):
+        quantize_int8(meta)
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def test_cli_precision_is_checked(single_dir, runner):
+    result = invoke(runner, "predict", single_dir, "a text", "--precision", "fp8")
+    assert result.exit_code == 2
+    assert "--precision fp8 is not one of fp32 | bf16 | fp16 | int8" in result.output
+    result = invoke(runner, "predict", single_dir, "a text", "bad", "--precision", "int8")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["text"] for line in result.stdout.splitlines()] == ["a text", "bad"]
 
 
 def test_bad_arguments_are_config_errors(single):

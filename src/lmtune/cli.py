@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from lmtune import __version__
-from lmtune.errors import LmtuneError, TrainingInterrupted
+from lmtune.errors import ConfigError, LmtuneError, TrainingInterrupted
 
 app = typer.Typer(
     name="lmtune",
@@ -269,6 +269,14 @@ def predict(
     text_column: Annotated[str, typer.Option("--text-column", help="Column holding the text in .jsonl/.csv input.")] = "text",
     all_scores: Annotated[bool, typer.Option("--all-scores", help="Include the score of every label.")] = False,
     device: DeviceOption = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="fp32 | bf16 | fp16 (autocast) | int8 (CPU: int8 weights in the encoder's linear layers, "
+            "faster, labels may differ from fp32's on close calls; see docs/PERFORMANCE.md).",
+        ),
+    ] = "fp32",
 ) -> None:
     """Classify texts with a fine-tuned checkpoint; prints one JSON object per text."""
     import json
@@ -278,12 +286,21 @@ def predict(
     ui.setup_logging(False)
 
     def run() -> None:
-        from lmtune.stages.predict import load_classifier, predict as run_predict, read_inputs
+        from lmtune.stages.predict import PRECISIONS, load_classifier, predict as run_predict, quantize_int8, read_inputs
 
-        placement = devices.resolve(device or "auto", "fp32")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--precision {precision} is not one of {' | '.join(PRECISIONS)}")
+        compute = "fp32" if precision == "int8" else precision
+        placement = devices.resolve(device or "auto", compute)
+        if compute == "bf16" and placement.device.type == "cpu" and not devices.cpu_has_native_bf16():
+            log.warning("--precision bf16: this CPU has no bf16 instructions, so bf16 runs emulated and slower than fp32")
         items = read_inputs(list(texts or []), input_file, text_column)
         model, tokenizer, info = load_classifier(str(checkpoint), placement.device)
-        results = run_predict(model, tokenizer, info, items, batch_size=batch_size, all_scores=all_scores, device=placement.device)
+        if precision == "int8":
+            model = quantize_int8(model)
+        results = run_predict(
+            model, tokenizer, info, items, batch_size=batch_size, all_scores=all_scores, device=placement.device, precision=compute
+        )
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
         if output is None:
             sys.stdout.write(lines)

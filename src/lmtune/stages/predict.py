@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
 REGRESSION = "regression"
 PROBLEM_TYPES = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # lmtune predict --precision
 
 INPUT_SUFFIXES = (".txt", ".jsonl", ".csv", ".tsv")
 MULTI_LABEL_THRESHOLD = 0.5  # a label applies when its sigmoid probability reaches this
@@ -252,6 +254,37 @@ def _read_table(path: Path, column: str, delimiter: str) -> list[str]:
             raise DataError(f"{path} line {reader.line_num} is malformed ({exc}): fix the quoting on that line") from None
 
 
+def quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
+    """The CPU model with int8 weights in every linear layer (dynamic quantisation: each batch's
+    activations are quantised on the fly), for `lmtune predict --precision int8`.
+
+    Embeddings, normalisation and the classification head stay fp32: the head is tiny, and its
+    logits are what the labels are read from.
+
+    Raises:
+        DeviceError: the model is not on the CPU, or this torch build has no int8 kernels.
+    """
+    if next(model.parameters()).device.type != "cpu":
+        raise DeviceError("precision int8 runs on the CPU only: use --device cpu, or bf16/fp16 on a GPU")
+    quantization = getattr(torch.ao, "quantization", None)
+    quantize_dynamic = getattr(quantization, "quantize_dynamic", None)
+    engines = set(torch.backends.quantized.supported_engines) - {"none"}
+    if quantize_dynamic is None or not engines:
+        raise DeviceError(f"this torch ({torch.__version__}) has no int8 dynamic quantisation: use --precision fp32")
+    head = {name for name, _ in model.named_modules() if name.split(".")[0] in ("classifier", "score")}
+    spec = {
+        name: quantization.default_dynamic_qconfig
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name not in head
+    }
+    if not spec:
+        raise DeviceError(f"{type(model).__name__} has no linear layers to quantise: use --precision fp32")
+    with warnings.catch_warnings():  # torch >= 2.10 calls eager-mode quantisation deprecated; it still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
 # ----------------------------------------------------------------------------------------------
 # Predicting
 
@@ -276,7 +309,8 @@ def predict(
         max_length: truncate inputs to this many tokens (None: the model's limit, `info.max_length`).
         all_scores: single-label only: add every label's probability as `scores`.
         device: where the inputs go (None: the model's device).
-        precision: "fp32", or "bf16" (CPU/GPU) / "fp16" (GPU) autocast.
+        precision: "fp32", or "bf16" (CPU/GPU) / "fp16" (GPU) autocast. For int8, pass the model
+            through `quantize_int8` first and predict in "fp32".
 
     Returns:
         One dict per text. Single-label: `text`, `label`, `score` (its softmax probability) and, with
