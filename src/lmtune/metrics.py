@@ -110,18 +110,7 @@ def classification_metrics(
     result["ece"] = expected_calibration_error(y_true, probs)
     # Per class from precision_recall_fscore_support rather than classification_report: the same
     # numbers, but a class named "accuracy" or "macro avg" cannot collide with the report's keys.
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=list(range(k)), average=None, zero_division=0
-    )
-    result["per_class"] = {
-        name: {
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
-        for i, name in enumerate(labels)
-    }
+    result["per_class"] = _per_class(y_true, y_pred, labels, list(range(k)))
     # labels=range(k): a class absent from both y_true and y_pred still gets its row and column.
     matrix = confusion_matrix(y_true, y_pred, labels=list(range(k)))
     result["confusion_matrix"] = [[int(c) for c in row] for row in matrix]
@@ -197,24 +186,24 @@ def multilabel_metrics(
     y_true = y_true.astype(np.int64)
     y_pred = (probs >= threshold).astype(np.int64)  # (n, k)
 
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, average=None, zero_division=0
-    )
     return {
         "n": int(y_true.shape[0]),
         "f1_micro": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
         "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "subset_accuracy": float(accuracy_score(y_true, y_pred)),  # exact match on indicator input
         "hamming_loss": float(hamming_loss(y_true, y_pred)),
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(labels)
-        },
+        "per_class": _per_class(y_true, y_pred, labels),
+    }
+
+
+def _per_class(y_true: np.ndarray, y_pred: np.ndarray, names: list[str], labels: list[int] | None = None) -> dict:
+    """Precision, recall, F1 and support of each class (each column of an indicator matrix), by name."""
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    return {
+        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        for i, name in enumerate(names)
     }
 
 
