@@ -10,6 +10,7 @@ typed in by hand. Steps, in the order they depend on each other:
     python scripts/results.py pretrain --tag mask-0.3 --set mlm.probability=0.3
                                                      # a variant of the 60-minute recipe: model
                                                      # lmtune-60+mask-0.3, runs/cpu-hour+mask-0.3
+                                                     # (with --minutes 30: lmtune-30-run+mask-0.3)
     python scripts/results.py snapshots              # the 60-minute run's checkpoints nearest 15 and
                                                      # 30 minutes, as loadable model dirs
     python scripts/results.py finetune --tasks tweets --models random lmtune-60 --seeds 0 1 2
@@ -45,9 +46,10 @@ def shorter_run(minutes: int) -> Path:
     return ROOT / "runs" / f"cpu-{minutes}min"
 
 
-def pretrain_variant(tag: str) -> Path:
-    """Where `results.py pretrain --tag TAG --set ...` puts a variant of the 60-minute recipe."""
-    return ROOT / "runs" / f"cpu-hour+{tag}"
+def pretrain_variant(tag: str, minutes: int = 60) -> Path:
+    """Where `results.py pretrain [--minutes N] --tag TAG --set ...` puts a variant of the recipe."""
+    base = PRETRAINED if minutes == 60 else shorter_run(minutes)
+    return base.with_name(f"{base.name}+{tag}")
 
 
 # model name -> (checkpoint dir, task config suffix, what the row says)
@@ -62,8 +64,9 @@ MODELS: dict[str, tuple[Path, str, str]] = {
     },
     "minilm": (ROOT / "models" / "minilm-l6", "-minilm", "all-MiniLM-L6-v2 (pretrained at scale)"),
     **{  # the pretraining variants run so far
-        f"lmtune-60+{tag}": (run / "final", "", f"lmtune, pretrained 60 minutes with {tag}")
-        for run in sorted(ROOT.glob("runs/cpu-hour+*"))
+        f"{name}+{tag}": (run / "final", "", f"lmtune, pretrained {minutes} minutes with {tag}")
+        for minutes, name in [(60, "lmtune-60"), *((m, f"lmtune-{m}-run") for m in SNAPSHOT_MINUTES)]
+        for run in sorted(ROOT.glob(f"{pretrain_variant('*', minutes).relative_to(ROOT)}"))
         for tag in [run.name.partition("+")[2]]
     },
 }
@@ -79,10 +82,8 @@ def lmtune(*args: object) -> None:
 def pretrain(args: argparse.Namespace) -> None:
     if bool(args.tag) != bool(args.set):
         sys.exit("error: a pretraining variant needs both --tag and --set")
-    if args.tag and args.minutes != 60:
-        sys.exit("error: --tag varies the 60-minute recipe: leave out --minutes")
-    if args.tag:  # a variant of the 60-minute recipe, fine-tuned as model lmtune-60+TAG
-        out = pretrain_variant(args.tag)
+    if args.tag:  # a variant of the recipe, fine-tuned as model lmtune-60+TAG (or lmtune-N-run+TAG)
+        out = pretrain_variant(args.tag, args.minutes)
         if not (out / "final").is_dir():
             extra = [a for s in args.set for a in ("--set", s)]
             lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", out, "--overwrite", "--set", f"train.max_minutes={args.minutes}", *extra)
@@ -219,7 +220,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     pt = sub.add_parser("pretrain", help="the 60-minute pretraining run and the random-initialisation model")
     pt.add_argument("--minutes", type=int, default=60, choices=(*SNAPSHOT_MINUTES, 60), help="15 or 30: a run of its own in runs/cpu-Nmin (model lmtune-N-run)")
-    pt.add_argument("--tag", help="a variant of the 60-minute recipe (with its --set): runs/cpu-hour+TAG, model lmtune-60+TAG")
+    pt.add_argument("--tag", help="a variant of the recipe (with its --set): runs/cpu-hour+TAG, model lmtune-60+TAG (or lmtune-N-run+TAG)")
     pt.add_argument("--set", action="append", help="the variant's --set, e.g. mlm.probability=0.3")
     sub.add_parser("snapshots", help="model dirs from the 60-minute run's checkpoints at 15 and 30 minutes")
     ft = sub.add_parser("finetune", help="fine-tune and evaluate each task x model x seed (skips finished runs)")
