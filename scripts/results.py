@@ -79,20 +79,20 @@ def lmtune(*args: object) -> None:
         sys.exit(f"error: lmtune {args[0]} failed")
 
 
+def sets(overrides: list[str]) -> list[str]:
+    """`--set` before each override, for an lmtune command line."""
+    return [a for s in overrides for a in ("--set", s)]
+
+
 def pretrain(args: argparse.Namespace) -> None:
     if bool(args.tag) != bool(args.set):
         sys.exit("error: a pretraining variant needs both --tag and --set")
-    if args.tag:  # a variant of the recipe, fine-tuned as model lmtune-60+TAG (or lmtune-N-run+TAG)
-        out = pretrain_variant(args.tag, args.minutes)
+    if args.tag or args.minutes != 60:  # a variant (model lmtune-60+TAG, lmtune-N-run+TAG) or a shorter run of its own
+        out = pretrain_variant(args.tag, args.minutes) if args.tag else shorter_run(args.minutes)
         if not (out / "final").is_dir():
-            extra = [a for s in args.set for a in ("--set", s)]
-            lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", out, "--overwrite", "--set", f"train.max_minutes={args.minutes}", *extra)
-            (out / "protocol.json").write_text(json.dumps({"config": str(PRETRAIN_CONFIG.relative_to(ROOT)), "set": args.set}) + "\n")
-        return
-    if args.minutes != 60:  # the same recipe with its schedule fitted to a shorter budget
-        out = shorter_run(args.minutes)
-        if not (out / "final").is_dir():
-            lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", out, "--overwrite", "--set", f"train.max_minutes={args.minutes}")
+            lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", out, "--overwrite", *sets([f"train.max_minutes={args.minutes}", *(args.set or [])]))
+            if args.tag:
+                (out / "protocol.json").write_text(json.dumps({"config": str(PRETRAIN_CONFIG.relative_to(ROOT)), "set": args.set}) + "\n")
         return
     if not (PRETRAINED / "final").is_dir():
         lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", PRETRAINED, "--overwrite")
@@ -142,11 +142,10 @@ def finetune(args: argparse.Namespace) -> None:
                 if (out / "eval-test" / "metrics.json").is_file():
                     continue
                 config = ROOT / "configs" / "finetune" / f"{task}{suffix}.yaml"
-                extra = [a for s in args.set or [] for a in ("--set", s)]
                 start = time.perf_counter()
                 lmtune(
                     "finetune", config, "--output-dir", out, "--overwrite",
-                    "--set", f"model.checkpoint={checkpoint}", "--set", f"seed={seed}", *extra,
+                    "--set", f"model.checkpoint={checkpoint}", "--set", f"seed={seed}", *sets(args.set or []),
                 )
                 lmtune("eval", out / "config.yaml", "--output-dir", out / "eval-test")
                 (out / "protocol.json").write_text(json.dumps({"config": str(config.relative_to(ROOT)), "set": args.set or []}) + "\n")

@@ -293,7 +293,7 @@ def predict(
         compute = "fp32" if precision == "int8" else precision
         placement = devices.resolve(device or "auto", compute)
         if compute == "bf16" and placement.device.type == "cpu" and not devices.cpu_has_native_bf16():
-            log.warning("--precision bf16: this CPU has no bf16 instructions, so bf16 runs emulated and slower than fp32")
+            log.warning("%s", placement.reason)  # devices.resolve says why emulated bf16 is slower here
         items = read_inputs(list(texts or []), input_file, text_column)
         model, tokenizer, info = load_classifier(str(checkpoint), placement.device)
         if precision == "int8":

@@ -271,11 +271,10 @@ def quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
     engines = set(torch.backends.quantized.supported_engines) - {"none"}
     if quantize_dynamic is None or not engines:
         raise DeviceError(f"this torch ({torch.__version__}) has no int8 dynamic quantisation: use --precision fp32")
-    head = {name for name, _ in model.named_modules() if name.split(".")[0] in ("classifier", "score")}
-    spec = {
+    spec = {  # every linear layer but the classification head's (classifier.*, or score.* in some models)
         name: quantization.default_dynamic_qconfig
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and name not in head
+        if isinstance(module, torch.nn.Linear) and name.split(".")[0] not in ("classifier", "score")
     }
     if not spec:
         raise DeviceError(f"{type(model).__name__} has no linear layers to quantise: use --precision fp32")
