@@ -604,3 +604,31 @@ def test_shipped_config_validates(path, tmp_path):
     cfg = load_config(path, stage=stage, cwd=tmp_path)
     assert cfg.output_dir is not None and Path(cfg.output_dir).is_absolute()
     assert cfg.data.train
+
+
+# ----------------------------------------------------------------------------------------------
+# data.repeat
+
+
+def test_repeat_keys_resolve_like_the_train_entries_they_name(tmp_path):
+    path = write(tmp_path / "c.yaml", deep_merge(VALID_PRETRAIN, {"data": {"train": ["corpus/*.txt", "task.jsonl"]}}))
+    cfg = load_config(path, ["data.repeat={task.jsonl: 3}"], stage="pretrain", cwd=tmp_path)
+    assert cfg.data.repeat == {str(tmp_path.resolve() / "task.jsonl"): 3}
+    assert str(tmp_path.resolve() / "task.jsonl") in cfg.data.train
+
+
+def test_repeat_of_an_entry_not_in_train_names_it(tmp_path):
+    message = pretrain_error(tmp_path, data={"repeat": {"other.jsonl": 2}})
+    assert "'other.jsonl'" in message and "data.train does not list" in message
+
+
+def test_repeat_below_one_is_a_schema_error(tmp_path):
+    message = pretrain_error(tmp_path, data={"repeat": {"corpus/*.txt": 0}})
+    assert "data.repeat" in message and "greater than or equal to 1" in message
+
+
+def test_repeat_is_refused_for_finetune(tmp_path):
+    raw = {"output_dir": "runs/x", "model": {"checkpoint": "ckpt"}, "train": {"epochs": 1},
+           "data": {"train": ["t.jsonl"], "repeat": {"t.jsonl": 2}}}
+    with pytest.raises(ConfigError, match="data.repeat weights pretraining text"):
+        load_config(write(tmp_path / "c.yaml", raw), stage="finetune", cwd=tmp_path)

@@ -777,3 +777,29 @@ def test_block_batches_masks_depend_on_the_position():
     same = numbered_blocks(n=4).repeat(2, 1)
     c, d = list(block_batches(same, 4, seed=0, epoch=0, masker=m, shuffle=False))
     assert not torch.equal(c["labels"] != -100, d["labels"] != -100)
+
+
+# ----------------------------------------------------------------------------------------------
+# add_repeats
+
+
+def test_repeated_entry_trains_times_over_but_held_out_documents_never(tmp_path, cache):
+    from lmtune.stages.pretrain import load_corpus
+    from lmtune.config import load_config
+
+    book = write(tmp_path / "book.txt", "\n".join(f"a line of the book number {i}" for i in range(200)))
+    task = write(tmp_path / "task.jsonl", "".join(json.dumps({"text": f"task text {i}"}) + "\n" for i in range(50)))
+    cfg_path = write(tmp_path / "c.yaml", json.dumps({
+        "output_dir": str(tmp_path / "run"), "train": {"max_steps": 1},
+        "data": {"train": [str(book), str(task)], "txt_unit": "line", "validation_fraction": 0.2,
+                 "cache_dir": str(cache), "repeat": {str(task): 3}},
+    }))
+    train, val = load_corpus(load_config(cfg_path, stage="pretrain"))[:2]
+    counts = pd.Series(list(train["text"])).value_counts()
+    held = set(val["text"])
+    task_texts = {f"task text {i}" for i in range(50)}
+    assert len(held) == 50 and held & task_texts  # some task texts are held out, so the check below can fail
+    for text in task_texts:
+        assert counts.get(text, 0) == (0 if text in held else 3), text
+    book_counts = [counts[t] for t in counts.index if t not in task_texts]
+    assert set(book_counts) == {1} and len(book_counts) == 200 - len(held - task_texts)

@@ -100,6 +100,11 @@ class DataSection(_Section):
     train: Sources = Field(default_factory=list, description="files, dirs or globs (.txt .jsonl .json .csv .tsv .parquet)")
     validation: Sources | None = Field(None, description="null: hold out validation_fraction of train")
     test: Sources | None = Field(None, description="test files (finetune/eval)")
+    repeat: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="pretrain: data.train entries whose training documents appear this many times "
+        "(held-out ones never train): weight a task's own text over a general corpus",
+    )
     validation_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="share of train documents held out")
     text_column: str = Field("text", description="column holding the text in tabular/JSON files")
     text_pair_column: str | None = Field(None, description="finetune: second text for pair tasks")
@@ -426,11 +431,19 @@ def _cross_checks(cfg: Config, stage: Stage | None) -> list[str]:
                 f"{SPECIAL_TOKEN_COUNT} special tokens and the alphabet: use at least {MIN_VOCAB_SIZE}"
             )
         problems.extend(_check_hf_config_keys(m))
+        unknown = [entry for entry in d.repeat if entry not in d.train]
+        if unknown:
+            problems.append(
+                f"data.repeat names {', '.join(map(repr, unknown))}, which data.train does not list: "
+                "use a data.train entry exactly as written there"
+            )
         if cfg.probe is not None and not cfg.probe.train:
             problems.append("probe.train is empty: list the labelled files to probe with, or remove the probe section")
         if cfg.probe is not None and t.eval_every is None:
             problems.append("the probe runs at each evaluation, but train.eval_every is null: set it to a step count")
     if stage == "finetune":
+        if d.repeat:
+            problems.append("data.repeat weights pretraining text; finetune does not use it: remove it")
         if not m.checkpoint:
             problems.append("model.checkpoint is required for finetune: a checkpoint dir, e.g. runs/mini/final")
         weights = cfg.finetune.class_weights
@@ -525,6 +538,7 @@ def resolve_paths(cfg: Config, cwd: Path | None = None) -> Config:
             "train": fix_list(cfg.data.train),
             "validation": fix_list(cfg.data.validation),
             "test": fix_list(cfg.data.test),
+            "repeat": {fix(entry): times for entry, times in cfg.data.repeat.items()},
             "cache_dir": None if cfg.data.cache_dir is None else _abs(cfg.data.cache_dir, cwd),
         }
     )

@@ -309,6 +309,27 @@ def split_validation(dataset, fraction: float, seed: int, key: str = "data.train
     return parts["train"], parts["test"]
 
 
+def add_repeats(train_ds, repeat: dict[str, int], held_out, text_column: str, txt_unit: str, cache_dir: str | None):
+    """`train_ds` with the documents of each `repeat` entry appearing `times` times in all.
+
+    The extra copies are the entry's documents less any text in `held_out` (the validation split), so
+    no copy of a held-out document trains. Entries with times 1 add nothing.
+    """
+    import datasets
+
+    extra = [(entry, times) for entry, times in repeat.items() if times > 1]
+    if not extra:
+        return train_ds
+    held = set(held_out["text"])
+    parts = [train_ds]
+    for entry, times in extra:
+        docs, _ = load_texts([entry], f"data.repeat[{entry!r}]", text_column, txt_unit, cache_dir)
+        docs = docs.filter(lambda b: [t not in held for t in b["text"]], batched=True, desc=f"Repeating {entry}")
+        parts.extend([docs] * (times - 1))
+        log.info("data: %s repeated %d times (%d more training texts)", entry, times, (times - 1) * len(docs))
+    return datasets.concatenate_datasets(parts)
+
+
 # ----------------------------------------------------------------------------------------------
 # Tokenizing and packing
 

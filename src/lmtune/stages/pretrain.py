@@ -51,6 +51,7 @@ def load_corpus(cfg: Config) -> tuple[Any, Any, list[Path]]:
         files = files + val_files
     else:
         train_ds, val_ds = data.split_validation(train_ds, d.validation_fraction, cfg.seed)
+    train_ds = data.add_repeats(train_ds, d.repeat, val_ds, d.text_column, d.txt_unit, d.cache_dir)
     log.info("data: %d training and %d validation texts from %d file(s)", len(train_ds), len(val_ds), len(files))
     return train_ds, val_ds, files
 
