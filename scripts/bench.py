@@ -85,6 +85,7 @@ Run it from the repository root:
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import glob
 import json
@@ -508,12 +509,7 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path, variant: 
     build_optimizer = engine.build_optimizer
     build_optimizer_variant = None
     if variant.get("optimizer") in ("foreach", "loop"):
-        def build_optimizer_variant(model, train_cfg, device, groups=None):
-            groups = [g for g in (groups or engine.default_param_groups(list(model.parameters()), train_cfg.weight_decay)) if g["params"]]
-            return torch.optim.AdamW(
-                groups, lr=train_cfg.lr, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2), eps=train_cfg.adam_eps,
-                fused=False, foreach=variant["optimizer"] == "foreach",
-            )
+        build_optimizer_variant = functools.partial(build_optimizer, kernel=variant["optimizer"])
 
     step_tokens: list[int] = []
     step_masked: list[int] = []

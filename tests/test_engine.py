@@ -115,3 +115,26 @@ def test_truncate_metrics_drops_records_after_the_checkpoint_and_a_cut_line(tmp_
     assert [r["step"] for r in runs.read_metrics(path)] == [1, 2, 3, 4]
     runs.truncate_metrics(path, 2)
     assert [r["step"] for r in runs.read_metrics(path)] == [1, 2]
+
+
+@pytest.mark.parametrize("kernel", ["auto", "foreach", "loop"])
+def test_every_adamw_kernel_takes_the_same_step(kernel):
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(8, 4)
+    cfg = TrainSection(lr=1e-2, max_steps=1)
+    models = [reference, torch.nn.Linear(8, 4)]
+    models[1].load_state_dict(reference.state_dict())
+    start = reference.weight.detach().clone()
+    optimizers = [engine.build_optimizer(models[0], cfg, torch.device("cpu"), kernel="loop"),
+                  engine.build_optimizer(models[1], cfg, torch.device("cpu"), kernel=kernel)]
+    assert optimizers[1].defaults["fused"] is (kernel == "auto")
+    assert len(optimizers[1].param_groups) == 2  # weights decay, the bias does not
+    x = torch.randn(16, 8)
+    for model, optimizer in zip(models, optimizers):
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(models[1].weight, start)  # the steps moved the weights

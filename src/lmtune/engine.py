@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
@@ -84,14 +84,23 @@ def default_param_groups(params: list[torch.nn.Parameter], weight_decay: float, 
 
 
 def build_optimizer(
-    model: torch.nn.Module, cfg: TrainSection, device: torch.device, groups: list[dict[str, Any]] | None = None
+    model: torch.nn.Module,
+    cfg: TrainSection,
+    device: torch.device,
+    groups: list[dict[str, Any]] | None = None,
+    kernel: Literal["auto", "foreach", "loop"] = "auto",
 ) -> torch.optim.Optimizer:
-    """AdamW over `groups` (default: `default_param_groups` of the whole model)."""
+    """AdamW over `groups` (default: `default_param_groups` of the whole model).
+
+    `kernel` auto is the fused one on CPUs and CUDA (one kernel for all parameters: faster than the
+    loop); foreach and loop are torch's other two, for comparison (scripts/bench.py).
+    """
     groups = [g for g in (groups or default_param_groups(list(model.parameters()), cfg.weight_decay)) if g["params"]]
-    fused = device.type in ("cpu", "cuda")  # one kernel for all parameters: faster than the loop
-    return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, fused=fused
-    )
+    if kernel == "auto":
+        choice: dict[str, bool] = {"fused": device.type in ("cpu", "cuda")}
+    else:
+        choice = {"fused": False, "foreach": kernel == "foreach"}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, **choice)
 
 
 @dataclass(frozen=True)
