@@ -455,3 +455,46 @@ def test_sigkill_mid_training_then_resume_ends_bitwise_equal(tmp_path):
     assert all(torch.equal(a[name], b[name]) for name in a)
     steps = [r["step"] for r in read_metrics(killed / "metrics.jsonl") if r["type"] == "train"]
     assert steps == list(range(1, 301))
+
+
+@pytest.mark.slow
+def test_compiled_encoder_trains_like_the_eager_one_and_saves_plain_weights(tmp_path, runner):
+    """train.compile gives the eager run's loss curve (to rounding) and a checkpoint with the usual keys."""
+    curves, weights = {}, {}
+    for compiled in (False, True):
+        out = tmp_path / f"run-{compiled}"
+        config = tiny_config(tmp_path, train={"batch_size": 16, "lr": 2.0e-3, "max_steps": 6, "log_every": 1, "eval_every": None,
+                                              "save_every": None, "compile": compiled})
+        result = invoke(runner, "pretrain", config, "--precision", "fp32", "--output-dir", out)
+        assert result.exit_code == 0, result.output
+        curves[compiled] = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if r["type"] == "train"]
+        weights[compiled] = load_file(out / "final" / "model.safetensors")
+    assert len(curves[True]) == 6 and curves[True][-1] < curves[True][0]
+    assert curves[True] == pytest.approx(curves[False], rel=1e-3)
+    assert weights[True].keys() == weights[False].keys()
+    from transformers import AutoModelForMaskedLM
+
+    AutoModelForMaskedLM.from_pretrained(tmp_path / "run-True" / "final")  # loads with no lmtune
+
+
+def test_compile_without_a_cpp_compiler_is_refused_before_the_run_dir(tmp_path, runner, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    config = tiny_config(tmp_path, train={"max_steps": 2, "compile": True})
+    result = invoke(runner, "pretrain", config, "--device", "cpu")
+    assert result.exit_code == 2
+    assert "C++ compiler" in result.stderr and "train.compile: false" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_of_a_run_whose_config_predates_a_key(tmp_path, runner):
+    """A config.yaml written before lmtune had a key (here train.compile) resumes: the key compares as its default."""
+    config = tiny_config(tmp_path, train={"batch_size": 16, "lr": 2.0e-3, "max_steps": 4, "save_every": 2, "eval_every": None})
+    assert invoke(runner, "pretrain", config).exit_code == 0
+    saved = tmp_path / "run" / "config.yaml"
+    text = saved.read_text()
+    assert "compile: false" in text
+    saved.write_text("\n".join(line for line in text.splitlines() if "compile:" not in line) + "\n")
+    result = invoke(runner, "pretrain", config, "--resume", "--set", "train.max_steps=6")
+    assert result.exit_code == 0, result.output
+    assert invoke(runner, "pretrain", config, "--resume", "--set", "train.max_steps=8", "--set", "train.lr=0.1").exit_code == 2

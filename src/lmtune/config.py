@@ -156,6 +156,10 @@ class TrainSection(_Section):
         "stop", description="a NaN/inf loss or gradient: stop (the last checkpoint stays) or skip that update and count it"
     )
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; null: one per core")
+    compile: bool = Field(
+        False,
+        description="torch.compile the encoder: faster steps after tens of seconds of compilation (worth it in runs of many minutes)",
+    )
 
 
 class FinetuneSection(_Section):

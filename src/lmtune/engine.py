@@ -32,7 +32,7 @@ from safetensors.torch import load_model, save_model
 from lmtune import distributed
 from lmtune.config import TrainSection
 from lmtune.devices import Placement
-from lmtune.errors import ConfigError, DataError, LmtuneError, NumericalError, TrainingInterrupted
+from lmtune.errors import ConfigError, DataError, DeviceError, LmtuneError, NumericalError, TrainingInterrupted
 from lmtune.runs import MetricsLog
 from lmtune.ui import TrainingDisplay
 
@@ -81,6 +81,19 @@ def default_param_groups(params: list[torch.nn.Parameter], weight_decay: float, 
         {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay, "lr_scale": lr_scale},
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0, "lr_scale": lr_scale},
     ]
+
+
+def check_compile(placement: Placement) -> None:
+    """train.compile on the CPU needs the C++ compiler torch's inductor builds kernels with: fail before
+    any work when there is none."""
+    if placement.device.type != "cpu":
+        return
+    candidates = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+    if not any(shutil.which(c) for c in candidates if c):
+        raise DeviceError(
+            "train.compile: torch.compile on the CPU needs a C++ compiler (g++ or clang++, or one named by $CXX) "
+            "and none is on PATH: install one, or set train.compile: false"
+        )
 
 
 def build_optimizer(
@@ -277,6 +290,8 @@ def train(
     display = display if display is not None and main else TrainingDisplay(live=False)
     model = task.model.to(placement.device)
     model.train()
+    if cfg.compile:  # in place: the state dict keeps its keys, so checkpoints load without lmtune
+        getattr(model, "base_model", model).compile()
     params = list(model.parameters())
     if cfg.num_threads and placement.device.type == "cpu":
         torch.set_num_threads(cfg.num_threads)

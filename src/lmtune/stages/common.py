@@ -13,7 +13,7 @@ import torch
 from lmtune import devices, distributed, engine, runs
 from lmtune.config import Config, to_yaml
 from lmtune.devices import Placement
-from lmtune.errors import RunDirError
+from lmtune.errors import ConfigError, RunDirError
 from lmtune.ui import TrainingDisplay
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 # keys a resumed run may change: they bound or report the run, but do not change what it computes
 RESUMABLE_CHANGES = {
     "train.max_steps", "train.max_minutes", "train.epochs", "train.log_every", "train.eval_every",
-    "train.save_every", "train.keep_last", "train.num_threads", "data.num_proc", "data.cache_dir",
+    "train.save_every", "train.keep_last", "train.num_threads", "train.compile", "data.num_proc", "data.cache_dir",
 }
 
 
@@ -41,9 +41,14 @@ def config_drift(cfg: Config, run_dir: Path) -> list[str]:
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return []
-    from lmtune.config import yaml_load
+    from lmtune.config import validate, yaml_load
 
-    old = _flatten(yaml_load(saved_path.read_text()) or {})
+    saved = yaml_load(saved_path.read_text()) or {}
+    try:  # keys added to lmtune since the run started compare as their defaults
+        saved = validate(saved).model_dump(mode="json")
+    except ConfigError:  # a key lmtune no longer has: compare as written, so the change is listed
+        pass
+    old = _flatten(saved)
     new = _flatten(cfg.model_dump(mode="json"))
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
@@ -67,6 +72,8 @@ def place_run(cfg: Config, resume: bool, overwrite: bool, force: bool = False) -
             torch.cuda.set_device(placement.device)
         log.info("distributed: %d processes (%s)", distributed.world_size(), torch.distributed.get_backend())
     log.info("device: %s, precision: %s (%s)", placement.device, placement.precision, placement.reason)
+    if cfg.train.compile:
+        engine.check_compile(placement)
     out = Path(cfg.output_dir or "")
     if not resume:
         runs.check_output_dir(out, overwrite)
