@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from conftest import FIXTURES, REPO, SOUNDS, invoke, tiny_config
@@ -492,9 +493,15 @@ def test_resume_of_a_run_whose_config_predates_a_key(tmp_path, runner):
     config = tiny_config(tmp_path, train={"batch_size": 16, "lr": 2.0e-3, "max_steps": 4, "save_every": 2, "eval_every": None})
     assert invoke(runner, "pretrain", config).exit_code == 0
     saved = tmp_path / "run" / "config.yaml"
-    text = saved.read_text()
-    assert "compile: false" in text
-    saved.write_text("\n".join(line for line in text.splitlines() if "compile:" not in line) + "\n")
+    raw = yaml.safe_load(saved.read_text())
+    assert raw["train"].pop("compile") is False
+    saved.write_text(yaml.safe_dump(raw))
     result = invoke(runner, "pretrain", config, "--resume", "--set", "train.max_steps=6")
     assert result.exit_code == 0, result.output
-    assert invoke(runner, "pretrain", config, "--resume", "--set", "train.max_steps=8", "--set", "train.lr=0.1").exit_code == 2
+    result = invoke(runner, "pretrain", config, "--resume", "--set", "train.max_steps=8", "--set", "train.lr=0.1")
+    assert result.exit_code == 2, result.output
+    assert "train.lr: 0.002 -> 0.1" in result.stderr
+
+    saved.write_text("train: {lr: 0.002,\n")  # damaged: a clear refusal, not a traceback
+    result = invoke(runner, "pretrain", config, "--resume")
+    assert result.exit_code == 2 and "is not valid YAML" in result.stderr, result.output

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from lmtune import devices, distributed, engine, runs
 from lmtune.config import Config, to_yaml
@@ -43,7 +44,12 @@ def config_drift(cfg: Config, run_dir: Path) -> list[str]:
         return []
     from lmtune.config import validate, yaml_load
 
-    saved = yaml_load(saved_path.read_text()) or {}
+    try:
+        saved = yaml_load(saved_path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RunDirError(
+            f"--resume: {saved_path} is not valid YAML ({str(exc).splitlines()[0]}): restore it, or start a new run"
+        ) from None
     try:  # keys added to lmtune since the run started compare as their defaults
         saved = validate(saved).model_dump(mode="json")
     except ConfigError:  # a key lmtune no longer has: compare as written, so the change is listed
