@@ -127,6 +127,43 @@ def test_other_problems_end_to_end(tmp_path, runner, pretrained, task, ext, data
     assert metrics[metric] >= threshold, metrics
 
 
+def test_a_fine_tuned_checkpoint_keeps_its_input_length_for_eval_predict_and_pipeline(tmp_path, runner, pretrained):
+    """Fine-tuned at data.max_length=8, the checkpoint cuts inputs at 8 tokens wherever it is used, unless
+    eval is told another length."""
+    from transformers import AutoTokenizer, pipeline
+
+    config = finetune_config(tmp_path, pretrained, "reviews", max_length=8)
+    result = invoke(runner, "finetune", config, "--set", "train.epochs=1")
+    assert result.exit_code == 0, result.output
+    best = tmp_path / "run" / "best"
+    assert AutoTokenizer.from_pretrained(best).model_max_length == 8
+    rows = [json.loads(line) for line in (FIXTURES / "reviews" / "test.jsonl").read_text().splitlines()]
+    test = tmp_path / "long.jsonl"  # two reviews a line: about 14 tokens, so a cut at 8 drops words
+    test.write_text("".join(json.dumps({"text": a["text"] + " " + b["text"], "label": a["label"]}) + "\n"
+                            for a, b in zip(rows[::2], rows[1::2])))
+
+    def eval_scores(*sets: str) -> list[list[float]]:
+        out = tmp_path / f"eval{len(list(tmp_path.glob('eval*')))}"
+        args = [a for s in sets for a in ("--set", s)]
+        result = invoke(runner, "eval", best, "--data", test, "--output-dir", out, *args)
+        assert result.exit_code == 0, result.output
+        return [json.loads(line)["scores"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+    own = eval_scores()
+    assert own == eval_scores("data.max_length=8")
+    assert own != eval_scores("data.max_length=32")  # longer inputs do change the scores
+
+    texts = [json.loads(line)["text"] for line in test.read_text().splitlines()[:5]]
+    result = invoke(runner, "predict", best, *texts, "--all-scores")
+    assert result.exit_code == 0, result.output
+    predicted = [json.loads(line)["scores"] for line in result.stdout.splitlines()]
+    classify = pipeline("text-classification", model=str(best), device="cpu", top_k=None)
+    for text, scores, row in zip(texts, predicted, own[:5]):
+        from_pipeline = {r["label"]: r["score"] for r in classify([text], truncation=True)[0]}
+        assert scores == pytest.approx(from_pipeline, abs=1e-5)
+        assert scores == pytest.approx(row, abs=1e-5)  # what eval gave the same text
+
+
 def test_eval_of_a_masked_lm_gives_perplexity(tmp_path, runner, pretrained):
     result = invoke(runner, "eval", pretrained, "--data", FIXTURES / "animals.txt", "--set", "data.txt_unit=line",
                     "--set", "data.max_length=32", "--output-dir", tmp_path / "out")

@@ -184,6 +184,18 @@ def evaluate_mlm(model: PreTrainedModel, batches: Iterable[dict[str, torch.Tenso
 # Classification
 
 
+def checkpoint_max_length(config: Any, tokenizer: Any) -> int:
+    """The input length a checkpoint takes: its tokenizer's `model_max_length` (lmtune's fine-tuning sets
+    it to the `data.max_length` trained on; often unset, i.e. huge, elsewhere) capped by the position table."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None:
+        return int(tokenizer.model_max_length)
+    # RoBERTa numbers positions from pad_token_id + 1, so it loses pad_token_id + 1 of them (2 in practice)
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        positions -= (config.pad_token_id if config.pad_token_id is not None else 1) + 1
+    return int(min(tokenizer.model_max_length, positions))
+
+
 def is_classifier_checkpoint(config: Any) -> bool:
     """True when a checkpoint config describes a sequence-classification model."""
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))

@@ -20,7 +20,7 @@ from lmtune import data, devices, metrics
 from lmtune.config import Config
 from lmtune.errors import ConfigError
 from lmtune.labels import LabelSpec, encode
-from lmtune.modeling import checkpoint_config, classifier_outputs, evaluate_mlm, is_classifier_checkpoint
+from lmtune.modeling import checkpoint_config, checkpoint_max_length, classifier_outputs, evaluate_mlm, is_classifier_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,14 @@ def predict_scores(model: Any, encoded: data.Encoded, pad_id: int, batch_size: i
     return data.in_input_order(encoded, pad_id, batch_size, lambda batches: classifier_outputs(model, batches, device))
 
 
-def evaluate(checkpoint: Path, data_files: list[str], cfg: Config, output_dir: Path | None = None) -> EvalResult:
-    """Evaluate `checkpoint` on `data_files`, with columns, lengths and device from `cfg`."""
+def evaluate(
+    checkpoint: Path, data_files: list[str], cfg: Config, output_dir: Path | None = None, max_length: int | None = None
+) -> EvalResult:
+    """Evaluate `checkpoint` on `data_files`, with columns and device from `cfg`.
+
+    Inputs are cut at `max_length` tokens; None: the checkpoint's own length (`checkpoint_max_length`:
+    for a classifier lmtune fine-tuned, the `data.max_length` it was trained at).
+    """
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     from lmtune.tokenization import load_checkpoint_tokenizer
@@ -82,13 +88,14 @@ def evaluate(checkpoint: Path, data_files: list[str], cfg: Config, output_dir: P
     model_config = checkpoint_config(str(checkpoint), remote)
     out = output_dir or default_output_dir(checkpoint, data_files)
     d = cfg.data
+    length = max_length or checkpoint_max_length(model_config, tokenizer)
     if is_classifier_checkpoint(model_config):
         spec = spec_from_model(model_config)
         cols = [d.text_column, *([d.text_pair_column] if d.text_pair_column else []), d.label_column]
         rows, _ = data.load_table(data_files, "--data", cols, d.cache_dir)
         targets = encode(rows[d.label_column], spec, "--data", d.label_column)
         pairs = rows[d.text_pair_column] if d.text_pair_column else None
-        encoded = data.encode_rows(tokenizer, rows[d.text_column], pairs, d.max_length, targets)
+        encoded = data.encode_rows(tokenizer, rows[d.text_column], pairs, length, targets)
         model = AutoModelForSequenceClassification.from_pretrained(checkpoint, trust_remote_code=remote).to(placement.device).eval()
         with torch.inference_mode(), placement.autocast():
             scores = predict_scores(model, encoded, tokenizer.pad_token_id, cfg.train.batch_size * 2, placement.device)
@@ -101,9 +108,9 @@ def evaluate(checkpoint: Path, data_files: list[str], cfg: Config, output_dir: P
     else:
         texts, _ = data.load_texts(data_files, "--data", d.text_column, d.txt_unit, d.cache_dir)
         model = AutoModelForMaskedLM.from_pretrained(checkpoint, trust_remote_code=remote).to(placement.device).eval()
-        blocks = data.pack_blocks(texts, tokenizer, min(d.max_length, tokenizer.model_max_length), d.num_proc, "evaluation")
+        blocks = data.pack_blocks(texts, tokenizer, length, d.num_proc, "evaluation")
         if len(blocks) == 0:
-            raise ConfigError(f"--data: the text is shorter than one block of data.max_length={d.max_length} tokens")
+            raise ConfigError(f"--data: the text is shorter than one block of {length} tokens: give more text, or a lower data.max_length")
         masker = data.build_masker(tokenizer, model.config.vocab_size, cfg.mlm)
         stream = data.block_batches(blocks, cfg.train.batch_size, cfg.seed, -1, masker, shuffle=False)
         with torch.inference_mode(), placement.autocast():

@@ -110,6 +110,8 @@ def finetune(
     model, note = load_for_finetuning(checkpoint, spec, cfg.model.dropout, remote)
     log.info("model: %s", note)
     check_compatible(model, tokenizer, d.max_length)
+    # the checkpoints carry the input length trained on: predict, eval and transformers' pipeline cut there too
+    tokenizer.model_max_length = d.max_length
     log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device))
     if f.freeze_embeddings:
         for param in model.base_model.embeddings.parameters():

@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from lmtune.data import check_text_file, encode_rows
 from lmtune.errors import ConfigError, DataError, DeviceError
-from lmtune.modeling import is_classifier_checkpoint
+from lmtune.modeling import checkpoint_max_length, is_classifier_checkpoint
 from lmtune.stages.evaluate import predict_scores
 
 SINGLE_LABEL = "single_label_classification"
@@ -44,7 +44,7 @@ class ClassifierInfo:
 
     problem_type: str  # single_label_classification | multi_label_classification | regression
     id2label: dict[int, str]  # output index -> label name (from config.json)
-    max_length: int  # the longest input in tokens: the tokenizer's limit capped by the position table
+    max_length: int  # the longest input in tokens: `modeling.checkpoint_max_length`
 
     @property
     def labels(self) -> list[str]:
@@ -118,7 +118,7 @@ def load_classifier(checkpoint_dir: str, device: torch.device) -> tuple[PreTrain
     info = ClassifierInfo(
         problem_type=_problem_type(config),
         id2label={i: str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)},
-        max_length=_max_length(config, tokenizer),
+        max_length=checkpoint_max_length(config, tokenizer),
     )
     return model, tokenizer, info
 
@@ -141,17 +141,6 @@ def _problem_type(config) -> str:
         return config.problem_type
     # transformers' own rule when problem_type is unset: one output is a regression
     return REGRESSION if config.num_labels == 1 else SINGLE_LABEL
-
-
-def _max_length(config, tokenizer: PreTrainedTokenizerBase) -> int:
-    """The tokenizer's limit (often unset, i.e. huge) capped by the model's position table."""
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions is None:
-        return int(tokenizer.model_max_length)
-    # RoBERTa numbers positions from pad_token_id + 1, so it loses pad_token_id + 1 of them (2 in practice)
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
-        positions -= (config.pad_token_id if config.pad_token_id is not None else 1) + 1
-    return int(min(tokenizer.model_max_length, positions))
 
 
 def _first_line(exc: Exception) -> str:
