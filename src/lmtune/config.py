@@ -158,7 +158,7 @@ class TrainSection(_Section):
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; null: one per core")
     compile: bool = Field(
         False,
-        description="torch.compile the encoder: faster steps after tens of seconds of compilation (worth it in runs of many minutes)",
+        description="torch.compile the encoder (tens of seconds of compilation first; measured faster for ModernBERT, not BERT, on a CPU)",
     )
 
 
