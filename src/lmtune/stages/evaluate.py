@@ -108,9 +108,10 @@ def evaluate(
     else:
         texts, _ = data.load_texts(data_files, "--data", d.text_column, d.txt_unit, d.cache_dir)
         model = AutoModelForMaskedLM.from_pretrained(checkpoint, trust_remote_code=remote).to(placement.device).eval()
-        blocks = data.pack_blocks(texts, tokenizer, length, d.num_proc, "evaluation")
+        block = min(length, tokenizer.model_max_length)  # never past the tokenizer's own limit
+        blocks = data.pack_blocks(texts, tokenizer, block, d.num_proc, "evaluation")
         if len(blocks) == 0:
-            raise ConfigError(f"--data: the text is shorter than one block of {length} tokens: give more text, or a lower data.max_length")
+            raise ConfigError(f"--data: the text is shorter than one block of {block} tokens: give more text, or a lower data.max_length")
         masker = data.build_masker(tokenizer, model.config.vocab_size, cfg.mlm)
         stream = data.block_batches(blocks, cfg.train.batch_size, cfg.seed, -1, masker, shuffle=False)
         with torch.inference_mode(), placement.autocast():
