@@ -10,7 +10,9 @@ typed in by hand. Steps, in the order they depend on each other:
     python scripts/results.py pretrain --tag mask-0.3 --set mlm.probability=0.3
                                                      # a variant of the 60-minute recipe: model
                                                      # lmtune-60+mask-0.3, runs/cpu-hour+mask-0.3
-                                                     # (with --minutes 30: lmtune-30-run+mask-0.3)
+                                                     # (with --minutes 30: lmtune-30-run+mask-0.3);
+                                                     # a variant that sets model.* also gets its own
+                                                     # no-pretraining model, random+TAG
     python scripts/results.py snapshots              # the 60-minute run's checkpoints nearest 15 and
                                                      # 30 minutes, as loadable model dirs
     python scripts/results.py finetune --tasks tweets --models random lmtune-60 --seeds 0 1 2
@@ -63,6 +65,10 @@ MODELS: dict[str, tuple[Path, str, str]] = {
         for m in SNAPSHOT_MINUTES
     },
     "minilm": (ROOT / "models" / "minilm-l6", "-minilm", "all-MiniLM-L6-v2 (pretrained at scale)"),
+    **{  # the architectures of the variants that change model.*, left at initialisation
+        f"random+{run.name.partition('+')[2]}": (run / "final", "", f"the {run.name.partition('+')[2]} architecture, no pretraining")
+        for run in sorted(RESULTS.glob("random-init+*"))
+    },
     **{  # the pretraining variants run so far
         f"{name}+{tag}": (run / "final", "", f"lmtune, pretrained {minutes} minutes with {tag}")
         for minutes, name in [(60, "lmtune-60"), *((m, f"lmtune-{m}-run") for m in SNAPSHOT_MINUTES)]
@@ -93,14 +99,20 @@ def pretrain(args: argparse.Namespace) -> None:
             lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", out, "--overwrite", *sets([f"train.max_minutes={args.minutes}", *(args.set or [])]))
             if args.tag:
                 (out / "protocol.json").write_text(json.dumps({"config": str(PRETRAIN_CONFIG.relative_to(ROOT)), "set": args.set}) + "\n")
+        if args.tag and (model_sets := [s for s in args.set if s.startswith("model.")]):
+            random_init(RESULTS / f"random-init+{args.tag}", model_sets)  # another architecture: its own baseline
         return
     if not (PRETRAINED / "final").is_dir():
         lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", PRETRAINED, "--overwrite")
-    random_init = RESULTS / "random-init"
-    if not (random_init / "final").is_dir():
-        # one step at a learning rate of ~0 leaves the initial weights, with the same tokenizer (cached)
+    random_init(RESULTS / "random-init", [])
+
+
+def random_init(out: Path, overrides: list[str]) -> None:
+    """The recipe's architecture (with `overrides`) left at initialisation, with the same tokenizer."""
+    if not (out / "final").is_dir():
+        # one step at a learning rate of ~0 leaves the initial weights; the tokenizer comes from the cache
         lmtune(
-            "pretrain", PRETRAIN_CONFIG, "--output-dir", random_init, "--overwrite",
+            "pretrain", PRETRAIN_CONFIG, "--output-dir", out, "--overwrite", *sets(overrides),
             "--set", "train.max_steps=1", "--set", "train.lr=1e-12", "--set", "probe=null",
         )
 
