@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine (about 15 minutes on 2 CPU cores):
 #   set up .venv -> fetch the public-domain corpus and the tweet sentiment data -> pretrain a mini
-#   BERT for 5 minutes -> fine-tune it on tweets for 4 minutes -> evaluate on the held-out test split
+#   ModernBERT for 5 minutes -> fine-tune it on tweets for 4 minutes -> evaluate on the held-out test split
 #   -> one summary table beside the TF-IDF + logistic-regression baseline on the same split.
 # Nothing is cached from an earlier run: the run dirs are replaced (--overwrite).
 set -euo pipefail
