@@ -632,3 +632,40 @@ def test_repeat_is_refused_for_finetune(tmp_path):
            "data": {"train": ["t.jsonl"], "repeat": {"t.jsonl": 2}}}
     with pytest.raises(ConfigError, match="data.repeat weights pretraining text"):
         load_config(write(tmp_path / "c.yaml", raw), stage="finetune", cwd=tmp_path)
+
+
+def test_unknown_key_in_a_section_that_may_be_null_suggests_from_that_section(tmp_path):
+    path = write(tmp_path / "c.yaml", {"probe": {"train": ["a.jsonl"], "max_row": 5}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "Did you mean 'probe.max_rows'?" in message
+    assert "Valid keys here: train, validation, text_column, label_column, max_rows" in message
+
+
+@pytest.mark.parametrize(("value", "fragment"), [(0, "greater than or equal to 1"), (-5, "greater than or equal to 1"), ("often", "a valid integer")])
+def test_a_bad_value_for_a_union_key_is_one_problem_under_its_own_name(tmp_path, value, fragment):
+    path = write(tmp_path / "c.yaml", {"train": {"eval_every": value}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert problem_count(message) == 1, message
+    assert f"train.eval_every: Input should be {fragment}" in message
+    assert "or input should be 'epoch'" in message
+    assert "constrained-int" not in message and "literal[" not in message
+
+
+def test_a_home_relative_glob_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = write(tmp_path / "c.yaml", {"data": {"train": ["~/corpus/*.txt", "~/one.txt"]}})
+    glob_entry, file_entry = load_config(path, cwd=tmp_path / "elsewhere").data.train
+    assert glob_entry == str(Path.home() / "corpus" / "*.txt")
+    assert file_entry == str((Path.home() / "one.txt").resolve())
+
+
+@pytest.mark.parametrize(("model", "fragment"), [({"hf_config": {"hidden_act": "gelu"}}, "model.hf_config"), ({"hidden_size": 64}, "model.hidden_size")])
+def test_finetune_refuses_model_settings_it_would_ignore(tmp_path, model, fragment):
+    path = write(tmp_path / "c.yaml", {"output_dir": "out", "model": {"checkpoint": "ckpt", **model},
+                                       "data": {"train": ["a.jsonl"]}, "train": {"max_steps": 1}})
+    with pytest.raises(ConfigError, match=f"{re.escape(fragment)} .*finetune keeps the checkpoint's"):
+        load_config(path, stage="finetune")

@@ -304,3 +304,28 @@ def test_checkpoint_code_does_not_run_unless_trusted(tmp_path, runner, pretraine
     assert "trust_remote_code" in result.output
     assert not marker.exists()
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["finetune.select_metric=f1_marco"], "finetune.select_metric 'f1_marco' is not an evaluation metric"),
+        (["train.grad_accum=30"], "one step needs 30 (train.grad_accum=30)"),
+        (["model.hf_config={hidden_act: gelu}"], "finetune keeps the checkpoint's config"),
+    ],
+    ids=["misspelled-select-metric", "grad-accum-beyond-the-data", "hf-config"],
+)
+def test_mistakes_seen_only_in_training_are_refused_before_the_run_dir(tmp_path, runner, pretrained, sets, message):
+    config = finetune_config(tmp_path, pretrained, "reviews")  # 400 rows: 25 batches of 16
+    result = invoke(runner, "finetune", config, *(a for s in sets for a in ("--set", s)))
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_into_a_path_that_cannot_be_a_dir_is_refused(tmp_path, runner, pretrained):
+    (tmp_path / "taken").write_text("a file")
+    result = invoke(runner, "eval", pretrained, "--data", FIXTURES / "animals.txt", "--output-dir", tmp_path / "taken")
+    assert result.exit_code == 2, result.output
+    assert "the eval output dir" in result.stderr and "exists and is a file" in result.stderr
+    assert (tmp_path / "taken").read_text() == "a file"

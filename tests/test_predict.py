@@ -364,3 +364,16 @@ def test_read_other_input_errors(tmp_path):
     (tmp_path / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(DataError, match="not UTF-8"):
         read_inputs([], str(tmp_path / "latin.txt"))
+
+
+def test_cli_refuses_a_device_it_does_not_know_and_a_bad_output(single_dir, runner, tmp_path):
+    result = invoke(runner, "predict", single_dir, "a text", "--device", "gpu")
+    assert result.exit_code == 2
+    assert "device='gpu' is not a device" in result.output
+    result = invoke(runner, "predict", single_dir, "a text", "--output", tmp_path)
+    assert result.exit_code == 2
+    assert "is a directory" in result.output
+    (tmp_path / "file").write_text("x")
+    result = invoke(runner, "predict", single_dir, "a text", "--output", tmp_path / "file" / "out.jsonl")
+    assert result.exit_code == 2
+    assert "exists and is a file" in result.output

@@ -17,11 +17,11 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from lmtune import __version__
-from lmtune.errors import ConfigError, LmtuneError, TrainingInterrupted
+from lmtune.errors import ConfigError, LmtuneError, RunDirError, TrainingInterrupted
 
 app = typer.Typer(
     name="lmtune",
-    help="Pretrain a BERT-style masked language model on your own text, from one YAML config.",
+    help="Pretrain a BERT-style masked language model on your own text, fine-tune it (or any BERT-family checkpoint) into a classifier, evaluate it and predict with it: one YAML config per task.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -92,7 +92,8 @@ def _main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Pretrain a BERT-style masked language model on your own text, from one YAML config."""
+    """Pretrain a BERT-style masked language model on your own text, fine-tune it (or any BERT-family
+    checkpoint) into a classifier, evaluate it and predict with it: one YAML config per task."""
 
 
 NprocOption = Annotated[
@@ -283,7 +284,7 @@ def predict(
     """Classify texts with a fine-tuned checkpoint; prints one JSON object per text."""
     import json
 
-    from lmtune import devices, ui
+    from lmtune import devices, runs, ui
 
     ui.setup_logging(False)
 
@@ -293,6 +294,10 @@ def predict(
         if precision not in PRECISIONS:
             raise ConfigError(f"--precision {precision} is not one of {' | '.join(PRECISIONS)}")
         compute = "fp32" if precision == "int8" else precision
+        if output is not None:  # before any work: a bad --output should not cost a whole prediction run
+            if output.is_dir():
+                raise ConfigError(f"--output {output} is a directory: give a file path")
+            runs.ensure_writable_dir(output.parent, "the --output file's directory")
         placement = devices.resolve(device or "auto", compute)
         if compute == "bf16" and placement.device.type == "cpu" and not devices.cpu_has_native_bf16():
             log.warning("%s", placement.reason)  # devices.resolve says why emulated bf16 is slower here
@@ -307,7 +312,10 @@ def predict(
         if output is None:
             sys.stdout.write(lines)
         else:
-            output.write_text(lines, encoding="utf-8")
+            try:
+                output.write_text(lines, encoding="utf-8")
+            except OSError as exc:
+                raise RunDirError(f"cannot write --output {output}: {exc.strerror}") from None
 
     _guarded(run)
 

@@ -16,6 +16,7 @@ import difflib
 import glob
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -146,10 +147,10 @@ class TrainSection(_Section):
     adam_eps: float = Field(1.0e-6, gt=0.0, description="AdamW epsilon")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="gradient clipping; null: none")
     log_every: int = Field(10, ge=1, description="optimizer steps between metric log lines")
-    eval_every: int | Literal["epoch"] | None = Field(
+    eval_every: Annotated[int, Field(ge=1)] | Literal["epoch"] | None = Field(
         500, description="steps between evaluations, or 'epoch'; null: only at the end"
     )
-    eval_max_batches: int | None = Field(50, ge=1, description="cap on validation batches per evaluation")
+    eval_max_batches: int | None = Field(50, ge=1, description="pretrain: cap on validation batches per evaluation (fine-tuning always evaluates the whole validation split)")
     save_every: int | None = Field(1000, ge=1, description="steps between resumable checkpoints; null: none")
     keep_last: int = Field(2, ge=1, description="resumable checkpoints kept")
     nonfinite: Literal["stop", "skip"] = Field(
@@ -176,7 +177,7 @@ class FinetuneSection(_Section):
         None, description="single-label loss weights: auto (inverse training frequency), a list per label, or null"
     )
     layerwise_lr_decay: float | None = Field(
-        None, gt=0.0, le=1.0, description="each layer below the top gets this factor of the LR above it"
+        None, gt=0.0, le=1.0, description="the head learns at train.lr, the top encoder layer at lr x this, each layer below one more factor, the embeddings last"
     )
     freeze_embeddings: bool = Field(False, description="keep the embedding layer fixed")
 
@@ -189,7 +190,7 @@ class ProbeSection(_Section):
     validation: Sources | None = Field(None, description="labelled files it is scored on; null: 20% of train")
     text_column: str = Field("text", description="column holding the text")
     label_column: str = Field("label", description="column holding the (single) label")
-    max_rows: int = Field(2000, ge=10, description="cap on training rows (a seeded sample), to keep evaluations quick")
+    max_rows: int = Field(2000, ge=10, description="cap on the training rows and on the held-out rows (each a seeded sample), to keep evaluations quick")
 
 
 class Config(_Section):
@@ -367,11 +368,44 @@ def _section_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     for part in loc:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-        else:
+        # a section that may be null (`probe: ProbeSection | None`) is a union: look inside it
+        candidates = [annotation, *typing.get_args(annotation)]
+        sections = [a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not sections:
             return None
+        model = sections[0]
     return model
+
+
+def _key_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`loc` less pydantic's tags for the member of a union it tried (`train.eval_every.constrained-int`
+    is the key `train.eval_every`); list indices stay."""
+    model: type[BaseModel] | None = Config
+    kept: list[Any] = []
+    for part in loc:
+        if isinstance(part, int):
+            kept.append(part)
+            continue
+        if model is None or str(part) not in model.model_fields:
+            if model is None:  # inside a value that is not a section: a union member's tag
+                continue
+            kept.append(part)  # an unknown key (extra_forbidden)
+            continue
+        kept.append(part)
+        model = _section_model(tuple(p for p in kept if not isinstance(p, int)))
+    return tuple(kept)
+
+
+def _format_errors(errors: list[dict[str, Any]]) -> list[str]:
+    """One message per key: the failures of each member of a union key are joined with 'or'."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for err in errors:
+        loc = _key_path(tuple(err["loc"]))
+        if loc in merged and err["type"] != "extra_forbidden":
+            merged[loc]["msg"] += f", or {err['msg'][0].lower()}{err['msg'][1:]}"
+        else:
+            merged[loc] = {**err, "loc": loc}
+    return [_format_error(e) for e in merged.values()]
 
 
 def _format_error(err: dict[str, Any]) -> str:
@@ -450,6 +484,10 @@ def _cross_checks(cfg: Config, stage: Stage | None) -> list[str]:
             problems.append("data.repeat weights pretraining text; finetune does not use it: remove it")
         if not m.checkpoint:
             problems.append("model.checkpoint is required for finetune: a checkpoint dir, e.g. runs/mini/final")
+        if m.hf_config:
+            problems.append("model.hf_config shapes a new model in pretrain; finetune keeps the checkpoint's config: remove it")
+        if sizes := [k for k in PRESETS["mini"] if getattr(m, k) is not None]:
+            problems.append(f"model.{sizes[0]} sizes a new model in pretrain; finetune keeps the checkpoint's sizes: remove it")
         weights = cfg.finetune.class_weights
         if isinstance(weights, list) and any(w <= 0 for w in weights):
             problems.append(f"finetune.class_weights={weights}: every weight must be positive")
@@ -494,7 +532,7 @@ def validate(raw: dict[str, Any], stage: Stage | None = None, source: str = "con
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
-        problems = [_format_error(e) for e in exc.errors()]
+        problems = _format_errors(exc.errors())
         raise ConfigError(_problem_list(source, problems)) from None
     problems = _cross_checks(cfg, stage)
     if problems:
@@ -524,7 +562,8 @@ def looks_local(entry: str, cwd: Path | None = None) -> bool:
 
 
 def _abs(entry: str, cwd: Path) -> str:
-    return str((cwd / Path(entry).expanduser()).resolve()) if not glob.has_magic(entry) else str(cwd / entry)
+    path = cwd / Path(entry).expanduser()
+    return str(path.resolve()) if not glob.has_magic(entry) else str(path)
 
 
 def resolve_paths(cfg: Config, cwd: Path | None = None) -> Config:

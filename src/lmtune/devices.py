@@ -7,6 +7,7 @@ An explicit request that cannot be met is a `DeviceError`, never a silent fallba
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def _resolve_device(requested: str) -> tuple[torch.device, str]:
         if torch.backends.mps.is_available():
             return torch.device("mps"), "Apple MPS is available"
         return torch.device("cpu"), "no GPU found"
-    if requested.startswith("cuda"):
+    if re.fullmatch(r"cuda(:\d+)?", requested):
         if not torch.cuda.is_available():
             raise DeviceError(
                 f"device={requested!r} but torch sees no CUDA GPU (torch {torch.__version__}): "
@@ -87,7 +88,9 @@ def _resolve_device(requested: str) -> tuple[torch.device, str]:
         if not torch.backends.mps.is_available():
             raise DeviceError("device='mps' but Apple MPS is not available here: use --device cpu or auto")
         return torch.device("mps"), "requested"
-    return torch.device("cpu"), "requested"
+    if requested == "cpu":
+        return torch.device("cpu"), "requested"
+    raise DeviceError(f"device={requested!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
 
 
 def resolve(device: str = "auto", precision: str = "auto") -> Placement:

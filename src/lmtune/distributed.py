@@ -1,6 +1,7 @@
 """Several processes, one run: the few collective operations lmtune needs, on torch.distributed.
 
-A run launched by `torchrun` (or `accelerate launch`, or `lmtune ... --nproc N`, which starts torchrun)
+A run launched by `torchrun` (or `accelerate launch`, or `lmtune ... --nproc N`, which starts the N
+processes itself with the environment torchrun would give them)
 finds RANK, WORLD_SIZE and LOCAL_RANK in its environment. Every process builds the same model from the
 same seed; each takes every N-th micro-batch of the one seeded data order, so N processes with
 train.grad_accum=A see exactly the micro-batches of one process with grad_accum=N*A. Gradients are

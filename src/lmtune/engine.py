@@ -296,13 +296,8 @@ def train(
     if cfg.num_threads and placement.device.type == "cpu":
         torch.set_num_threads(cfg.num_threads)
     per_step = cfg.grad_accum * world  # micro-batches of the data order consumed by one optimizer step
+    ensure_training_possible(task.batches_per_epoch, cfg, "the training data")
     steps_per_epoch = task.batches_per_epoch // per_step
-    if steps_per_epoch == 0:
-        processes = f" x {world} processes" if world > 1 else ""
-        raise DataError(
-            f"the training data gives {task.batches_per_epoch} batches of train.batch_size={cfg.batch_size}, fewer than "
-            f"train.grad_accum={cfg.grad_accum}{processes}: add data or lower train.batch_size / train.grad_accum"
-        )
     budget = Budget.from_config(cfg, steps_per_epoch)
     optimizer = build_optimizer(model, cfg, placement.device, task.param_groups)
     eval_interval = steps_per_epoch if cfg.eval_every == "epoch" else cfg.eval_every
@@ -491,12 +486,15 @@ def train(
     return TrainResult(steps=step, seconds=elapsed(), stopped_by=stopped_by, last_eval=last_eval, best=best)
 
 
-def ensure_training_possible(n_examples: int, batch_size: int, what: str) -> None:
-    """A clear error when the data cannot fill one batch."""
-    if n_examples < batch_size:
+def ensure_training_possible(batches_per_epoch: int, cfg: TrainSection, what: str) -> None:
+    """A clear error when the data cannot fill one optimizer step (train.grad_accum batches on each
+    process). The stages call it before they create the run dir; `train` calls it again."""
+    world = distributed.world_size()
+    if batches_per_epoch < cfg.grad_accum * world:
+        needed = f"{cfg.grad_accum * world} (train.grad_accum={cfg.grad_accum}" + (f" x {world} processes)" if world > 1 else ")")
         raise DataError(
-            f"{what} gives {n_examples} sequences, fewer than train.batch_size={batch_size}: "
-            "add text, or lower train.batch_size or data.max_length"
+            f"{what} gives {batches_per_epoch} batch(es) of train.batch_size={cfg.batch_size} an epoch, and one step needs "
+            f"{needed}: add data, or lower train.batch_size or train.grad_accum (or data.max_length when pretraining)"
         )
 
 

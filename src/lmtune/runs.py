@@ -34,7 +34,23 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
         check_replaceable(path)
 
 
-RUN_MARKERS = ("manifest.json", "config.yaml", "metrics.jsonl", "final", "checkpoints")
+# What lmtune writes into a run dir (DESIGN.md's layout, eval's default eval-* dirs, atomic-write leftovers)
+RUN_ENTRIES = ("manifest.json", "config.yaml", "metrics.jsonl", "final", "best", "checkpoints")
+RUN_ENTRY_PREFIXES = ("eval-", ".tmp-", ".old-")
+
+
+def is_run_dir(path: Path) -> bool:
+    """True when `path` holds an lmtune run: a manifest.json that lmtune wrote, or nothing but the
+    entries lmtune writes (a run that stopped before its manifest). A dir that merely has a config.yaml
+    among other things is not one."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        if isinstance(manifest, dict) and "lmtune" in manifest:
+            return True
+    except (OSError, ValueError):
+        pass
+    names = [p.name for p in path.iterdir()]
+    return bool(names) and all(n in RUN_ENTRIES or n.startswith(RUN_ENTRY_PREFIXES) for n in names)
 
 
 def check_replaceable(path: Path) -> None:
@@ -44,11 +60,24 @@ def check_replaceable(path: Path) -> None:
     protected = {Path(resolved.anchor), Path.home().resolve(), *Path.cwd().resolve().parents, Path.cwd().resolve()}
     if resolved in protected:
         raise RunDirError(f"--overwrite would delete {resolved}, which holds more than a run: choose a dedicated --output-dir")
-    if resolved.is_dir() and any(resolved.iterdir()) and not any((resolved / m).exists() for m in RUN_MARKERS):
+    if resolved.is_dir() and any(resolved.iterdir()) and not is_run_dir(resolved):
         raise RunDirError(
-            f"--overwrite would delete {resolved}, which is not an lmtune run dir (no manifest.json, config.yaml, "
-            "final/ or checkpoints/): choose another --output-dir or empty it yourself"
+            f"--overwrite would delete {resolved}, which is not an lmtune run dir (no manifest.json written by lmtune, "
+            "and files lmtune does not write): choose another --output-dir or empty it yourself"
         )
+
+
+def ensure_writable_dir(path: Path, what: str) -> Path:
+    """Create `path` (and its parents) if needed; a clear RunDirError when that is not possible."""
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{what} {path} exists and is a file: choose another")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create {what} {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise RunDirError(f"{what} {path} is not writable: choose another")
+    return path
 
 
 def prepare_output_dir(path: Path, overwrite: bool) -> Path:
@@ -56,11 +85,7 @@ def prepare_output_dir(path: Path, overwrite: bool) -> Path:
     check_output_dir(path, overwrite)
     if path.is_dir() and overwrite:
         shutil.rmtree(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunDirError(f"cannot create output_dir {path}: {exc.strerror}") from None
-    return path
+    return ensure_writable_dir(path, "output_dir")
 
 
 def git_sha() -> str | None:

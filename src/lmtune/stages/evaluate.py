@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmtune import data, devices, metrics
+from lmtune import data, devices, metrics, runs
 from lmtune.config import Config
 from lmtune.errors import ConfigError
 from lmtune.labels import LabelSpec, encode
@@ -86,7 +86,7 @@ def evaluate(
     remote = cfg.model.trust_remote_code
     tokenizer = load_checkpoint_tokenizer(str(checkpoint), remote)
     model_config = checkpoint_config(str(checkpoint), remote)
-    out = output_dir or default_output_dir(checkpoint, data_files)
+    out = runs.ensure_writable_dir(output_dir or default_output_dir(checkpoint, data_files), "the eval output dir")
     d = cfg.data
     length = max_length or checkpoint_max_length(model_config, tokenizer)
     if is_classifier_checkpoint(model_config):
@@ -100,7 +100,6 @@ def evaluate(
         with torch.inference_mode(), placement.autocast():
             scores = predict_scores(model, encoded, tokenizer.pad_token_id, cfg.train.batch_size * 2, placement.device)
         results = score_predictions(scores, targets, spec)
-        out.mkdir(parents=True, exist_ok=True)
         _write_predictions(out / "predictions.jsonl", rows, d, scores, targets, spec)
         if spec.problem == "single_label":
             metrics.plot_confusion_matrix(results["confusion_matrix"], list(spec.names), out / "confusion_matrix.png", f"{checkpoint}")
@@ -117,7 +116,6 @@ def evaluate(
         with torch.inference_mode(), placement.autocast():
             results = evaluate_mlm(model, stream, placement.device)
         results["blocks"] = len(blocks)
-        out.mkdir(parents=True, exist_ok=True)
         kind = "masked-lm"
     results = {"checkpoint": str(checkpoint), "data": data_files, "kind": kind, **results}
     (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -89,6 +89,24 @@ def layerwise_groups(model: torch.nn.Module, weight_decay: float, decay: float |
     return [g for scale, params in sorted(by_scale.items()) for g in engine.default_param_groups(params, weight_decay, scale)]
 
 
+
+def evaluation_metrics(scores: np.ndarray, targets: np.ndarray, spec: LabelSpec) -> dict[str, float]:
+    """The scalar metrics of one validation pass; undefined ones (None, e.g. pearson of constant
+    predictions) become nan, which never counts as better."""
+    results = score_predictions(scores, targets, spec)
+    return {k: float("nan") if v is None else v for k, v in results.items() if v is None or isinstance(v, (int, float))}
+
+
+def uninformed_scores(targets: np.ndarray, spec: LabelSpec) -> np.ndarray:
+    """Outputs of the right shape that know nothing (uniform probabilities, zeros): scoring them shows
+    which metrics an evaluation reports without running a model."""
+    if spec.problem == "single_label":
+        return np.full((len(targets), spec.num_labels), 1.0 / spec.num_labels)
+    if spec.problem == "multi_label":
+        return np.full(np.shape(targets), 0.5)
+    return np.zeros(np.shape(targets), dtype=float)
+
+
 def finetune(
     cfg: Config, overwrite: bool = False, resume: bool = False, display: TrainingDisplay | None = None, force: bool = False
 ) -> FinetuneResult:
@@ -134,6 +152,10 @@ def finetune(
             weights = torch.tensor(f.class_weights, dtype=torch.float32)
         log.info("class weights: %s", ", ".join(f"{n}={w:.3g}" for n, w in zip(spec.names, weights.tolist())))
     metric = f.select_metric or SELECTION_DEFAULTS[spec.problem]
+    engine.ensure_training_possible(-(-len(train_rows) // cfg.train.batch_size), cfg.train, f"data.train ({len(train_rows)} rows)")
+    reported = evaluation_metrics(uninformed_scores(y_val, spec), y_val, spec)
+    if metric not in reported:  # checked here, before the run dir: the engine would only see it at the first evaluation
+        raise ConfigError(f"finetune.select_metric {metric!r} is not an evaluation metric of a {spec.problem} task: use one of {', '.join(reported)}")
 
     run_dir = open_run(
         cfg,
@@ -159,10 +181,7 @@ def finetune(
             yield data.pad_batch(train_enc, rows, pad_id)
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
-        scores = predict_scores(model, val_enc, pad_id, t.batch_size * 2, placement.device)
-        results = score_predictions(scores, y_val, spec)
-        # undefined metrics (None, e.g. pearson of constant predictions) become nan: "not better"
-        return {k: float("nan") if v is None else v for k, v in results.items() if v is None or isinstance(v, (int, float))}
+        return evaluation_metrics(predict_scores(model, val_enc, pad_id, t.batch_size * 2, placement.device), y_val, spec)
 
     def save(model: torch.nn.Module, path: Path) -> None:
         runs.save_hf_checkpoint(model, tokenizer, path)

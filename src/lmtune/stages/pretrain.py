@@ -112,7 +112,7 @@ def pack(cfg: Config, tokenizer: Any, train_ds: Any, val_ds: Any) -> tuple[np.nd
     d = cfg.data
     train_blocks = data.pack_blocks(train_ds, tokenizer, d.max_length, d.num_proc, "train")
     val_blocks = data.pack_blocks(val_ds, tokenizer, d.max_length, d.num_proc, "validation")
-    engine.ensure_training_possible(len(train_blocks), cfg.train.batch_size, f"data.train (blocks of {d.max_length} tokens)")
+    engine.ensure_training_possible(len(train_blocks) // cfg.train.batch_size, cfg.train, f"data.train ({len(train_blocks)} blocks of {d.max_length} tokens)")
     if len(val_blocks) == 0:
         raise DataError(
             f"the validation text is shorter than one block of data.max_length={d.max_length} tokens: "
