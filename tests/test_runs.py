@@ -69,3 +69,8 @@ def test_an_output_dir_that_cannot_be_made_is_a_clear_error(tmp_path):
         runs.ensure_writable_dir(tmp_path / "a-file", "the eval output dir")
     with pytest.raises(RunDirError, match="cannot create the eval output dir"):
         runs.ensure_writable_dir(tmp_path / "a-file" / "sub", "the eval output dir")
+
+
+def test_checking_an_output_dir_creates_nothing(tmp_path):
+    runs.check_writable_dir(tmp_path / "a" / "b", "the eval output dir")
+    assert not (tmp_path / "a").exists()

@@ -297,7 +297,7 @@ def predict(
         if output is not None:  # before any work: a bad --output should not cost a whole prediction run
             if output.is_dir():
                 raise ConfigError(f"--output {output} is a directory: give a file path")
-            runs.ensure_writable_dir(output.parent, "the --output file's directory")
+            runs.check_writable_dir(output.parent, "the --output file's directory")
         placement = devices.resolve(device or "auto", compute)
         if compute == "bf16" and placement.device.type == "cpu" and not devices.cpu_has_native_bf16():
             log.warning("%s", placement.reason)  # devices.resolve says why emulated bf16 is slower here
@@ -312,6 +312,7 @@ def predict(
         if output is None:
             sys.stdout.write(lines)
         else:
+            runs.ensure_writable_dir(output.parent, "the --output file's directory")
             try:
                 output.write_text(lines, encoding="utf-8")
             except OSError as exc:

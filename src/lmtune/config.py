@@ -383,14 +383,11 @@ def _key_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     for part in loc:
         if isinstance(part, int):
             kept.append(part)
-            continue
-        if model is None or str(part) not in model.model_fields:
-            if model is None:  # inside a value that is not a section: a union member's tag
-                continue
-            kept.append(part)  # an unknown key (extra_forbidden)
-            continue
-        kept.append(part)
-        model = _section_model(tuple(p for p in kept if not isinstance(p, int)))
+        elif model is not None:  # a key of a section (an unknown one, for extra_forbidden, ends the walk)
+            kept.append(part)
+            known = str(part) in model.model_fields
+            model = _section_model(tuple(p for p in kept if not isinstance(p, int))) if known else None
+        # else: inside a value that is not a section, so a union member's tag: dropped
     return tuple(kept)
 
 

@@ -67,16 +67,26 @@ def check_replaceable(path: Path) -> None:
         )
 
 
-def ensure_writable_dir(path: Path, what: str) -> Path:
-    """Create `path` (and its parents) if needed; a clear RunDirError when that is not possible."""
+def check_writable_dir(path: Path, what: str) -> None:
+    """A clear RunDirError, before any work, when `path` cannot be a dir to write in; creates nothing."""
     if path.exists() and not path.is_dir():
         raise RunDirError(f"{what} {path} exists and is a file: choose another")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunDirError(f"cannot create {what} {path}: {existing} is a file")
+    if not os.access(existing, os.W_OK):
+        raise RunDirError(f"{what} {path} is not writable: choose another")
+
+
+def ensure_writable_dir(path: Path, what: str) -> Path:
+    """Create `path` (and its parents) if needed; a clear RunDirError when that is not possible."""
+    check_writable_dir(path, what)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"cannot create {what} {path}: {exc.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise RunDirError(f"{what} {path} is not writable: choose another")
     return path
 
 

@@ -86,7 +86,8 @@ def evaluate(
     remote = cfg.model.trust_remote_code
     tokenizer = load_checkpoint_tokenizer(str(checkpoint), remote)
     model_config = checkpoint_config(str(checkpoint), remote)
-    out = runs.ensure_writable_dir(output_dir or default_output_dir(checkpoint, data_files), "the eval output dir")
+    out = output_dir or default_output_dir(checkpoint, data_files)
+    runs.check_writable_dir(out, "the eval output dir")  # created only once there are results to write
     d = cfg.data
     length = max_length or checkpoint_max_length(model_config, tokenizer)
     if is_classifier_checkpoint(model_config):
@@ -100,6 +101,7 @@ def evaluate(
         with torch.inference_mode(), placement.autocast():
             scores = predict_scores(model, encoded, tokenizer.pad_token_id, cfg.train.batch_size * 2, placement.device)
         results = score_predictions(scores, targets, spec)
+        runs.ensure_writable_dir(out, "the eval output dir")
         _write_predictions(out / "predictions.jsonl", rows, d, scores, targets, spec)
         if spec.problem == "single_label":
             metrics.plot_confusion_matrix(results["confusion_matrix"], list(spec.names), out / "confusion_matrix.png", f"{checkpoint}")
@@ -116,6 +118,7 @@ def evaluate(
         with torch.inference_mode(), placement.autocast():
             results = evaluate_mlm(model, stream, placement.device)
         results["blocks"] = len(blocks)
+        runs.ensure_writable_dir(out, "the eval output dir")
         kind = "masked-lm"
     results = {"checkpoint": str(checkpoint), "data": data_files, "kind": kind, **results}
     (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")

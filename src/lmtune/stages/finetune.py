@@ -89,7 +89,6 @@ def layerwise_groups(model: torch.nn.Module, weight_decay: float, decay: float |
     return [g for scale, params in sorted(by_scale.items()) for g in engine.default_param_groups(params, weight_decay, scale)]
 
 
-
 def evaluation_metrics(scores: np.ndarray, targets: np.ndarray, spec: LabelSpec) -> dict[str, float]:
     """The scalar metrics of one validation pass; undefined ones (None, e.g. pearson of constant
     predictions) become nan, which never counts as better."""
@@ -152,7 +151,8 @@ def finetune(
             weights = torch.tensor(f.class_weights, dtype=torch.float32)
         log.info("class weights: %s", ", ".join(f"{n}={w:.3g}" for n, w in zip(spec.names, weights.tolist())))
     metric = f.select_metric or SELECTION_DEFAULTS[spec.problem]
-    engine.ensure_training_possible(-(-len(train_rows) // cfg.train.batch_size), cfg.train, f"data.train ({len(train_rows)} rows)")
+    n_batches = -(-len(train_rows) // cfg.train.batch_size)
+    engine.ensure_training_possible(n_batches, cfg.train, f"data.train ({len(train_rows)} rows)")
     reported = evaluation_metrics(uninformed_scores(y_val, spec), y_val, spec)
     if metric not in reported:  # checked here, before the run dir: the engine would only see it at the first evaluation
         raise ConfigError(f"finetune.select_metric {metric!r} is not an evaluation metric of a {spec.problem} task: use one of {', '.join(reported)}")
@@ -173,7 +173,6 @@ def finetune(
     t = cfg.train
     pad_id = tokenizer.pad_token_id
     train_lengths = train_enc.lengths
-    n_batches = -(-len(train_lengths) // t.batch_size)
 
     def batches(epoch: int, first: int):
         order = data.length_grouped_batches(train_lengths, t.batch_size, cfg.seed, epoch)
