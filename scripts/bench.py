@@ -37,8 +37,8 @@ bf16 is emulated and far slower: the `levers` benchmark measures it).
 * predict: texts/s of classifying `--predict-texts` sentences end to end (texts in, labels out), the
   model already loaded, both in the order given; the reference in fp32.
   - lmtune: `lmtune.stages.predict.predict` (length-sorted batches) on `load_classifier`'s model, in
-    `--predict-precision` as `lmtune predict --precision` runs it (fp32, or int8: the model through
-    `quantize_int8`), `--batch-size` texts per batch.
+    `--predict-precision` as `lmtune predict --precision` runs it (fp32; bf16 autocast; or int8: the
+    model through `quantize_int8`), `--batch-size` texts per batch.
   - reference: `transformers.pipeline("text-classification", model=dir, device="cpu",
     batch_size=--batch-size)` called with `truncation=True, max_length=--seq-len`.
   - the classifier: the one lmtune fine-tuned in the first finetune run (or, with `--what predict` alone,
@@ -149,7 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--predict-texts", type=int, default=2000, help="predict: texts classified per run (default 2000)")
     p.add_argument("--predict-repeats", type=int, default=4, help="predict: rounds of (lmtune, reference), alternating (default 4)")
     p.add_argument(
-        "--predict-precision", choices=("fp32", "int8"), default="fp32",
+        "--predict-precision", choices=("fp32", "bf16", "int8"), default="fp32",
         help="predict: lmtune's side as `lmtune predict --precision` (default fp32; the reference is always fp32)",
     )
     p.add_argument(
@@ -1339,6 +1339,7 @@ def bench_predict(args: argparse.Namespace, cls: Classification, workdir: Path) 
     model, tokenizer, info = load_classifier(str(path), cpu)
     if precision == "int8":
         model = quantize_int8(model)
+    autocast = "bf16" if precision == "bf16" else "fp32"  # an int8 model runs without autocast
     lm_load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     pipe = pipeline("text-classification", model=str(path), device="cpu", batch_size=bs)
@@ -1372,7 +1373,7 @@ def bench_predict(args: argparse.Namespace, cls: Classification, workdir: Path) 
 
     def run_lmtune_predict() -> dict:
         t0 = time.perf_counter()
-        results = predict(model, tokenizer, info, texts, batch_size=bs, max_length=limit, device=cpu)
+        results = predict(model, tokenizer, info, texts, batch_size=bs, max_length=limit, device=cpu, precision=autocast)
         labels = [r["label"] for r in results]
         seconds = time.perf_counter() - t0
         return {"samples_per_s": len(texts) / seconds, "seconds": seconds, "labels": labels, "scores": [r["score"] for r in results]}
