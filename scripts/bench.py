@@ -52,7 +52,7 @@ bf16 is emulated and far slower: the `levers` benchmark measures it).
   phase, the whole process's wall time and its peak resident memory (its `ru_maxrss`). Needs `--corpus`
   (default data/corpus, 22 MB: `scripts/fetch_data.py corpus`).
 * levers: lmtune's pretraining step as shipped against the same step with one change (`--levers`:
-  SDPA attention, foreach or for-loop AdamW, 1 thread, torch.compile of the encoder, dropout 0.1, the
+  SDPA or eager attention, foreach or for-loop AdamW, 1 thread, torch.compile of the encoder, dropout 0.1, the
   head on every position, bf16/fp32), alternating, with the final losses side by side.
 
 `--data` picks the finetune/predict texts: the bundled Moby-Dick sentences (default) or the train split
@@ -1169,6 +1169,7 @@ def bench_pretrain(args: argparse.Namespace, workdir: Path) -> dict:
 
 LEVERS = {
     "sdpa": ("SDPA attention instead of eager", {"attention": "sdpa"}),
+    "eager": ("eager attention instead of SDPA", {"attention": "eager"}),
     "foreach": ("foreach AdamW instead of fused", {"optimizer": "foreach"}),
     "loop": ("for-loop AdamW instead of fused", {"optimizer": "loop"}),
     "threads1": ("1 torch thread instead of one per core", {"threads": 1}),
