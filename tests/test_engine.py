@@ -138,3 +138,59 @@ def test_every_adamw_kernel_takes_the_same_step(kernel):
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(models[1].weight, start)  # the steps moved the weights
+
+
+def sigint_task(at: int, times: int = 1) -> engine.Task:
+    """nan_task with no bad batches, whose loss sends this process SIGINT `times` times at micro-batch `at`."""
+    import os
+    import signal
+
+    task = nan_task(set())
+    inner, seen = task.loss, {"n": 0}
+
+    def loss(model, batch):
+        if seen["n"] == at:
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
+        seen["n"] += 1
+        return inner(model, batch)
+
+    task.loss = loss
+    return task
+
+
+def test_ctrl_c_stops_after_the_step_and_its_checkpoint_resumes_bitwise(tmp_path):
+    """The first Ctrl-C lets the step under way finish and saves it: resuming from that checkpoint gives
+    the same weights, bit for bit, as a run that was never interrupted."""
+    import signal
+
+    from lmtune.errors import TrainingInterrupted
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 3: saved .*step-3"):
+        train(sigint_task(at=2), tmp_path / "a")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    checkpoint = tmp_path / "a" / "checkpoints" / "step-3"
+    assert engine.checkpoint_step(checkpoint) == 3
+
+    resumed = nan_task(set())
+    cfg = TrainSection(lr=0.1, max_steps=6, eval_every=None, save_every=None, log_every=1)
+    metrics = runs.MetricsLog(tmp_path / "a" / "metrics.jsonl")
+    engine.train(resumed, cfg, devices.resolve("cpu", "fp32"), tmp_path / "a", metrics, resume_from=checkpoint)
+    metrics.close()
+    straight = nan_task(set())
+    train(straight, tmp_path / "b")
+    assert torch.equal(resumed.model.w, straight.model.w)
+    assert not torch.equal(straight.model.w, torch.ones(4, 4))
+
+
+def test_a_second_ctrl_c_interrupts_at_once_and_saves_nothing(tmp_path):
+    import signal
+
+    from lmtune.errors import TrainingInterrupted
+
+    with pytest.raises(TrainingInterrupted, match="in the middle of step 3, before it could stop cleanly: no checkpoint was saved"):
+        train(sigint_task(at=2, times=2), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

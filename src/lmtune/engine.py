@@ -18,6 +18,8 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -270,6 +272,31 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+class _StopRequest:
+    """Ctrl-C (SIGINT) while training: the first one asks the loop to stop after the optimizer step
+    under way, where a checkpoint is consistent; a second one raises KeyboardInterrupt at once. Only
+    Python's default handler is taken over, and only in the main thread (where signals arrive)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._installed = False
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._installed = False
+
+
 def train(
     task: Task,
     cfg: TrainSection,
@@ -366,7 +393,9 @@ def train(
 
     done = budget.progress(step, elapsed()) >= 1.0
     epoch = step // steps_per_epoch
+    stop_request = _StopRequest()
     try:
+        stop_request.__enter__()
         while not done:
             first = (step % steps_per_epoch) * per_step
             micro = 0
@@ -389,8 +418,12 @@ def train(
                 if micro % cfg.grad_accum:
                     continue
                 clock = elapsed()
+                stop_now = stop_request.requested
                 if world > 1:  # every process must agree on skipping, the clock (the LR) and stopping
-                    bad_anywhere, clock = distributed.max_over_ranks([float(bad_value is not None), clock], placement.device)
+                    bad_anywhere, clock, stop_anywhere = distributed.max_over_ranks(
+                        [float(bad_value is not None), clock, float(stop_now)], placement.device
+                    )
+                    stop_now = bool(stop_anywhere)
                     if bad_anywhere and bad_value is None:
                         bad_value = "a non-finite loss in another process"
                     if bad_value is None:
@@ -466,16 +499,22 @@ def train(
                 if cfg.save_every and step % cfg.save_every == 0 and not done and main:
                     save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last, task.save_assets)
                 window_start += time.perf_counter() - paused
+                if stop_now and not done:  # Ctrl-C: this step is complete, so its checkpoint is consistent
+                    display.close()
+                    if not main:
+                        raise TrainingInterrupted(f"interrupted at step {step}")
+                    where = save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last, task.save_assets)
+                    raise TrainingInterrupted(f"interrupted at step {step}: saved {where}; continue with the same command plus --resume")
                 if done:
                     break
             epoch += 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C, in the middle of a step: its state is not saved
         display.close()
-        if not main:
-            raise TrainingInterrupted(f"interrupted at step {step}") from None
-        where = save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last, task.save_assets) if step else None
-        saved = f"saved {where}; continue with the same command plus --resume" if where else "nothing to save yet"
-        raise TrainingInterrupted(f"interrupted at step {step}: {saved}") from None
+        last = latest_checkpoint(run_dir)
+        kept = f"the last checkpoint, {last}, is intact; continue from it with --resume" if last else "no checkpoint was saved"
+        raise TrainingInterrupted(f"interrupted in the middle of step {step + 1}, before it could stop cleanly: {kept}") from None
+    finally:
+        stop_request.__exit__()
 
     if main:
         if task.evaluate and stopped_by != "early stopping":  # in-loop evaluations skip the last step
