@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 
 from lmtune import devices, engine, runs
 from lmtune.config import TrainSection
-from lmtune.errors import NumericalError
+from lmtune.errors import NumericalError, TrainingInterrupted
 
 
 class Line(torch.nn.Module):
@@ -39,11 +41,11 @@ def nan_task(bad_batches: set[int]) -> engine.Task:
     )
 
 
-def train(task: engine.Task, tmp_path: Path, **train) -> engine.TrainResult:
+def train(task: engine.Task, tmp_path: Path, resume_from: Path | None = None, **train) -> engine.TrainResult:
     cfg = TrainSection(**{"lr": 0.1, "max_steps": 6, "eval_every": None, "save_every": None, "log_every": 1, **train})
     metrics = runs.MetricsLog(tmp_path / "metrics.jsonl")
     try:
-        return engine.train(task, cfg, devices.resolve("cpu", "fp32"), tmp_path, metrics)
+        return engine.train(task, cfg, devices.resolve("cpu", "fp32"), tmp_path, metrics, resume_from=resume_from)
     finally:
         metrics.close()
 
@@ -142,9 +144,6 @@ def test_every_adamw_kernel_takes_the_same_step(kernel):
 
 def sigint_task(at: int, times: int = 1) -> engine.Task:
     """nan_task with no bad batches, whose loss sends this process SIGINT `times` times at micro-batch `at`."""
-    import os
-    import signal
-
     task = nan_task(set())
     inner, seen = task.loss, {"n": 0}
 
@@ -162,10 +161,6 @@ def sigint_task(at: int, times: int = 1) -> engine.Task:
 def test_ctrl_c_stops_after_the_step_and_its_checkpoint_resumes_bitwise(tmp_path):
     """The first Ctrl-C lets the step under way finish and saves it: resuming from that checkpoint gives
     the same weights, bit for bit, as a run that was never interrupted."""
-    import signal
-
-    from lmtune.errors import TrainingInterrupted
-
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     with pytest.raises(TrainingInterrupted, match="interrupted at step 3: saved .*step-3"):
@@ -175,10 +170,7 @@ def test_ctrl_c_stops_after_the_step_and_its_checkpoint_resumes_bitwise(tmp_path
     assert engine.checkpoint_step(checkpoint) == 3
 
     resumed = nan_task(set())
-    cfg = TrainSection(lr=0.1, max_steps=6, eval_every=None, save_every=None, log_every=1)
-    metrics = runs.MetricsLog(tmp_path / "a" / "metrics.jsonl")
-    engine.train(resumed, cfg, devices.resolve("cpu", "fp32"), tmp_path / "a", metrics, resume_from=checkpoint)
-    metrics.close()
+    train(resumed, tmp_path / "a", resume_from=checkpoint)
     straight = nan_task(set())
     train(straight, tmp_path / "b")
     assert torch.equal(resumed.model.w, straight.model.w)
@@ -186,10 +178,6 @@ def test_ctrl_c_stops_after_the_step_and_its_checkpoint_resumes_bitwise(tmp_path
 
 
 def test_a_second_ctrl_c_interrupts_at_once_and_saves_nothing(tmp_path):
-    import signal
-
-    from lmtune.errors import TrainingInterrupted
-
     with pytest.raises(TrainingInterrupted, match="in the middle of step 3, before it could stop cleanly: no checkpoint was saved"):
         train(sigint_task(at=2, times=2), tmp_path)
     assert not (tmp_path / "checkpoints").exists()

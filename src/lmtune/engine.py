@@ -279,22 +279,20 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
-        self._installed = False
-
-    def __enter__(self) -> _StopRequest:
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        self._installed = threading.current_thread() is threading.main_thread() and (
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        )
+        if self._installed:
             signal.signal(signal.SIGINT, self._handle)
-            self._installed = True
-        return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
 
-    def __exit__(self, *exc: object) -> None:
+    def restore(self) -> None:
+        """Python's default handler again (after training)."""
         if self._installed:
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            self._installed = False
 
 
 def train(
@@ -393,9 +391,8 @@ def train(
 
     done = budget.progress(step, elapsed()) >= 1.0
     epoch = step // steps_per_epoch
-    stop_request = _StopRequest()
     try:
-        stop_request.__enter__()
+        stop_request = _StopRequest()
         while not done:
             first = (step % steps_per_epoch) * per_step
             micro = 0
@@ -514,7 +511,7 @@ def train(
         kept = f"the last checkpoint, {last}, is intact; continue from it with --resume" if last else "no checkpoint was saved"
         raise TrainingInterrupted(f"interrupted in the middle of step {step + 1}, before it could stop cleanly: {kept}") from None
     finally:
-        stop_request.__exit__()
+        stop_request.restore()
 
     if main:
         if task.evaluate and stopped_by != "early stopping":  # in-loop evaluations skip the last step
