@@ -669,3 +669,14 @@ def test_finetune_refuses_model_settings_it_would_ignore(tmp_path, model, fragme
                                        "data": {"train": ["a.jsonl"]}, "train": {"max_steps": 1}})
     with pytest.raises(ConfigError, match=f"{re.escape(fragment)} .*finetune keeps the checkpoint's"):
         load_config(path, stage="finetune")
+
+
+def test_max_windows_is_refused_where_it_would_be_ignored(tmp_path):
+    message = pretrain_error(tmp_path, data={"max_windows": 4})
+    assert "data.max_windows reads long texts in fine-tuning" in message
+    raw = {"output_dir": "runs/x", "model": {"checkpoint": "ckpt"}, "train": {"epochs": 1},
+           "data": {"train": ["t.csv"], "text_pair_column": "second", "max_windows": 4}}
+    with pytest.raises(ConfigError, match=r"a pair task \(data.text_pair_column\) cuts at data.max_length"):
+        load_config(write(tmp_path / "c.yaml", raw), stage="finetune", cwd=tmp_path)
+    raw["data"].pop("text_pair_column")
+    assert load_config(write(tmp_path / "c.yaml", raw), stage="finetune", cwd=tmp_path).data.max_windows == 4

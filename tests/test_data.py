@@ -803,3 +803,40 @@ def test_repeated_entry_trains_times_over_but_held_out_documents_never(tmp_path,
         assert counts.get(text, 0) == (0 if text in held else 3), text
     book_counts = [counts[t] for t in counts.index if t not in task_texts]
     assert set(book_counts) == {1} and len(book_counts) == 200 - len(held - task_texts)
+
+
+# ----------------------------------------------------------------------------------------------
+# encode_rows with windows, and per_text
+
+
+def test_windows_cover_a_long_text_in_order_and_cap_at_max_windows(bert_tok):
+    from lmtune.data import encode_rows
+
+    long_text, short_text = " ".join(moby_paragraphs(3))[:3000], "call me ishmael"
+    whole = bert_tok(long_text, add_special_tokens=False)["input_ids"]
+    assert len(whole) > 3 * 14  # the long text needs more than 3 windows of 14 tokens
+    enc = encode_rows(bert_tok, [short_text, long_text], None, 16, np.array([0, 1]), max_windows=3)
+    assert enc.n_texts == 2 and enc.owners.tolist() == [0, 1, 1, 1]
+    assert enc.targets.tolist() == [0, 1, 1, 1]
+    assert all(len(ids) <= 16 for ids in enc.input_ids)
+    cls, sep = bert_tok.cls_token_id, bert_tok.sep_token_id
+    assert all(ids[0] == cls and ids[-1] == sep for ids in enc.input_ids)
+    # the windows are consecutive, non-overlapping pieces of the text, from its start
+    assert np.concatenate([ids[1:-1] for ids in enc.input_ids[1:]]).tolist() == whole[: 3 * 14]
+    # one window a text is plain truncation
+    one = encode_rows(bert_tok, [short_text, long_text], None, 16, max_windows=1)
+    assert one.owners is None and [ids.tolist() for ids in one.input_ids] == [enc.input_ids[0].tolist(), enc.input_ids[1].tolist()]
+
+
+def test_per_text_is_the_token_weighted_mean_of_a_texts_windows():
+    from lmtune.data import Encoded, per_text
+
+    ids = [np.zeros(n, dtype=np.int64) for n in (4, 10, 10, 5)]
+    enc = Encoded(ids, None, None, owners=np.array([0, 1, 1, 1]), n_texts=2)
+    outputs = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [1.0, 0.0]], dtype=np.float32)
+    got = per_text(enc, outputs)
+    assert got.shape == (2, 2) and got.dtype == np.float32
+    assert got[0].tolist() == pytest.approx([0.9, 0.1])
+    assert got[1].tolist() == pytest.approx([(2 + 4 + 5) / 25, (8 + 6) / 25])
+    values = per_text(enc, np.array([1.0, 2.0, 4.0, 3.0]))  # regression outputs: one value a row
+    assert values.tolist() == pytest.approx([1.0, (20 + 40 + 15) / 25])

@@ -329,3 +329,65 @@ def test_eval_into_a_path_that_cannot_be_a_dir_is_refused(tmp_path, runner, pret
     assert result.exit_code == 2, result.output
     assert "the eval output dir" in result.stderr and "exists and is a file" in result.stderr
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+@pytest.mark.slow
+def test_max_windows_reads_what_lies_past_max_length(tmp_path, runner, pretrained):
+    """The sentiment words come after 30 neutral ones: cut at 16 tokens, a classifier is at chance;
+    read as windows, it learns the task, keeps its windows in the checkpoint, and eval and predict
+    read the same windows."""
+    import random
+
+    from transformers import AutoConfig
+
+    neutral = "the a movie film book meal trip day show story was is very quite really".split()
+    rng = random.Random(0)
+    folder = tmp_path / "long"
+    folder.mkdir()
+    reviews = {n: [json.loads(line) for line in (FIXTURES / "reviews" / f"{n}.jsonl").read_text().splitlines()]
+               for n in ("train", "validation", "test")}
+    for name, rows in reviews.items():
+        with open(folder / f"{name}.jsonl", "w") as handle:
+            for row in rows:
+                text = " ".join(rng.choice(neutral) for _ in range(30)) + " " + row["text"]
+                handle.write(json.dumps({"text": text, "label": row["label"]}) + "\n")
+
+    def accuracy(run: Path, *sets: str) -> float:
+        config = write_config(
+            tmp_path / "long.yaml", output_dir=str(run), seed=0, device="cpu", model={"checkpoint": str(pretrained)},
+            data={"train": [str(folder / "train.jsonl")], "validation": [str(folder / "validation.jsonl")],
+                  "test": [str(folder / "test.jsonl")], "max_length": 16},
+            train={"batch_size": 16, "lr": 1.0e-3, "epochs": 3, "eval_every": "epoch", "save_every": None, "log_every": 50},
+        )
+        args = [a for s in sets for a in ("--set", s)]
+        result = invoke(runner, "finetune", config, *args)
+        assert result.exit_code == 0, result.output
+        result = invoke(runner, "eval", config, *args)
+        assert result.exit_code == 0, result.output
+        return json.loads((run / "eval-test" / "metrics.json").read_text())["accuracy"]
+
+    assert accuracy(tmp_path / "cut") < 0.7  # 120 test rows, chance 0.5
+    windowed = tmp_path / "windows"
+    assert accuracy(windowed, "data.max_windows=4") >= 0.9
+    assert AutoConfig.from_pretrained(windowed / "best").lmtune_max_windows == 4
+
+    # eval of the checkpoint alone reads its own windows; told one window, it is back at chance
+    def checkpoint_eval(*sets: str) -> dict:
+        out = tmp_path / f"eval{len(list(tmp_path.glob('eval*')))}"
+        result = invoke(runner, "eval", windowed / "best", "--data", folder / "test.jsonl", "--output-dir", out,
+                        *[a for s in sets for a in ("--set", s)])
+        assert result.exit_code == 0, result.output
+        return json.loads((out / "metrics.json").read_text())
+
+    own = checkpoint_eval()
+    assert own["max_windows"] == 4 and own["accuracy"] >= 0.9
+    assert checkpoint_eval("data.max_windows=1")["accuracy"] < 0.7
+
+    # predict gives the scores eval gave, text by text
+    texts = [json.loads(line)["text"] for line in (folder / "test.jsonl").read_text().splitlines()[:8]]
+    result = invoke(runner, "predict", windowed / "best", *texts, "--all-scores")
+    assert result.exit_code == 0, result.output
+    predicted = [json.loads(line)["scores"] for line in result.stdout.splitlines()]
+    evaluated = [json.loads(line)["scores"] for line in (windowed / "eval-test" / "predictions.jsonl").read_text().splitlines()[:8]]
+    for p, e in zip(predicted, evaluated):
+        assert p == pytest.approx(e, abs=1e-5)

@@ -242,7 +242,8 @@ def eval_(
             if base is None:
                 raise LmtuneError(f"{target}: the config has no output_dir, so there is no run to evaluate")
             files = list(data_files or cfg.data.test or [])
-            max_length = cfg.data.max_length  # the fine-tuning config's own length
+            max_length = cfg.data.max_length  # the fine-tuning config's own length and windows
+            max_windows: int | None = cfg.data.max_windows
         else:
             raw: dict[str, Any] = {}
             for text in set_ or []:
@@ -250,12 +251,13 @@ def eval_(
             raw.update(values)
             cfg = resolve_paths(validate(raw, source="--set"))
             max_length = cfg.data.max_length if "max_length" in raw.get("data", {}) else None  # None: the checkpoint's
+            max_windows = cfg.data.max_windows if "max_windows" in raw.get("data", {}) else None
             base = target
             files = list(data_files or [])
             if not target.exists():
                 raise LmtuneError(f"{target} does not exist: give a checkpoint dir, a run dir or a finetune config")
         files = [str(Path(f).expanduser().resolve()) if Path(f).exists() else f for f in files]
-        result = evaluate(resolve_checkpoint(base), files, cfg, output_dir, max_length)
+        result = evaluate(resolve_checkpoint(base), files, cfg, output_dir, max_length, max_windows)
         table = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         ui.summary_table(f"eval ({result.kind})", {**table, "results": str(result.output_dir)})
 

@@ -111,6 +111,11 @@ class DataSection(_Section):
     text_pair_column: str | None = Field(None, description="finetune: second text for pair tasks")
     label_column: str = Field("label", description="finetune: column holding the label")
     max_length: int = Field(128, ge=8, description="tokens per sequence (pretraining packs blocks of this size)")
+    max_windows: int = Field(
+        1, ge=1, description="finetune: a text longer than max_length is read as up to this many consecutive windows "
+        "of max_length tokens, each trained on with the text's label; its scores are the mean over its windows "
+        "(weighted by their tokens), in validation, eval and predict alike. 1: cut at max_length",
+    )
     txt_unit: Literal["document", "paragraph", "line"] = Field(
         "paragraph", description=".txt files: one document per file, per blank-line paragraph, or per line"
     )
@@ -464,6 +469,8 @@ def _cross_checks(cfg: Config, stage: Stage | None) -> list[str]:
                 f"{SPECIAL_TOKEN_COUNT} special tokens and the alphabet: use at least {MIN_VOCAB_SIZE}"
             )
         problems.extend(_check_hf_config_keys(m))
+        if d.max_windows > 1:
+            problems.append("data.max_windows reads long texts in fine-tuning; pretraining packs all text into blocks: remove it")
         unknown = [entry for entry in d.repeat if entry not in d.train]
         if unknown:
             problems.append(
@@ -483,6 +490,11 @@ def _cross_checks(cfg: Config, stage: Stage | None) -> list[str]:
             problems.append("model.hf_config shapes a new model in pretrain; finetune keeps the checkpoint's config: remove it")
         if sizes := [k for k in PRESETS["mini"] if getattr(m, k) is not None]:
             problems.append(f"model.{sizes[0]} sizes a new model in pretrain; finetune keeps the checkpoint's sizes: remove it")
+        if d.max_windows > 1 and d.text_pair_column:
+            problems.append(
+                f"data.max_windows={d.max_windows} reads long single texts as windows; a pair task "
+                "(data.text_pair_column) cuts at data.max_length: set data.max_windows to 1"
+            )
         weights = cfg.finetune.class_weights
         if isinstance(weights, list) and any(w <= 0 for w in weights):
             problems.append(f"finetune.class_weights={weights}: every weight must be positive")

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmtune.errors import DataError
+from lmtune.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -611,11 +611,17 @@ def _gather(blocks: np.ndarray | torch.Tensor, rows: torch.Tensor) -> torch.Tens
 
 @dataclass
 class Encoded:
-    """Tokenized classification rows: unpadded ids per row, and the targets."""
+    """Tokenized classification rows: unpadded ids per row, and the targets (one per row).
+
+    A text read as several windows (`encode_rows` with max_windows > 1) gives several rows; `owners`
+    then holds, for each row, the index of its text among the `n_texts` texts encoded.
+    """
 
     input_ids: list[np.ndarray]
     token_type_ids: list[np.ndarray] | None
     targets: np.ndarray | None
+    owners: np.ndarray | None = None
+    n_texts: int | None = None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -623,15 +629,53 @@ class Encoded:
 
 
 def encode_rows(
-    tokenizer: Any, texts: list[str], pairs: list[str] | None, max_length: int, targets: np.ndarray | None = None
+    tokenizer: Any,
+    texts: list[str],
+    pairs: list[str] | None,
+    max_length: int,
+    targets: np.ndarray | None = None,
+    max_windows: int = 1,
 ) -> Encoded:
-    """Tokenize (pairs when given) with truncation at `max_length` and no padding."""
+    """Tokenize (pairs when given) with truncation at `max_length` and no padding.
+
+    With `max_windows` > 1 (single texts only), a longer text becomes up to that many consecutive,
+    non-overlapping windows of at most `max_length` tokens, each with the special tokens of a whole
+    input and the text's target; what lies past the last window is cut.
+    """
     texts = ["" if t is None else str(t) for t in texts]
     pairs = None if pairs is None else ["" if t is None else str(t) for t in pairs]
-    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False)
-    ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
-    types = [np.asarray(x, dtype=np.int64) for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
-    return Encoded(ids, types, targets)
+    if max_windows == 1:
+        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False)
+        ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
+        types = [np.asarray(x, dtype=np.int64) for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
+        return Encoded(ids, types, targets)
+    if pairs is not None:
+        raise ValueError("windows read single texts; pairs are cut at max_length")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"data.max_windows={max_windows} needs a fast (Rust) tokenizer; this checkpoint's is {type(tokenizer).__name__}")
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=False, return_overflowing_tokens=True, stride=0)
+    owners = np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
+    # the window's place within its text: the rows of a text come together, in order
+    starts = np.r_[0, np.flatnonzero(np.diff(owners)) + 1]
+    place = np.arange(len(owners)) - np.repeat(starts, np.diff(np.r_[starts, len(owners)]))
+    keep = np.flatnonzero(place < max_windows)
+    ids = [np.asarray(enc["input_ids"][i], dtype=np.int64) for i in keep]
+    types = [np.asarray(enc["token_type_ids"][i], dtype=np.int64) for i in keep] if "token_type_ids" in enc else None
+    owners = owners[keep]
+    return Encoded(ids, types, None if targets is None else targets[owners], owners, len(texts))
+
+
+def per_text(encoded: Encoded, outputs: np.ndarray) -> np.ndarray:
+    """One output row per text from one per encoded row: a text's windows averaged, each weighted by
+    its tokens (a short last window counts for less)."""
+    if encoded.owners is None:
+        return outputs
+    weights = encoded.lengths.astype(np.float64)
+    totals = np.zeros(encoded.n_texts or 0, dtype=np.float64)
+    np.add.at(totals, encoded.owners, weights)
+    sums = np.zeros((len(totals), *outputs.shape[1:]), dtype=np.float64)
+    np.add.at(sums, encoded.owners, outputs * weights.reshape(-1, *([1] * (outputs.ndim - 1))))
+    return (sums / totals.reshape(-1, *([1] * (outputs.ndim - 1)))).astype(outputs.dtype)
 
 
 def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group: int = 50) -> list[np.ndarray]:
@@ -659,12 +703,12 @@ def in_input_order(
     encoded: Encoded, pad_id: int, batch_size: int, compute: Callable[[Iterator[dict[str, torch.Tensor]]], np.ndarray]
 ) -> np.ndarray:
     """Run `compute` over padded batches of length-sorted rows (it returns one output row per input
-    row, concatenated) and give the outputs back in input order."""
+    row, concatenated) and give the outputs back in input order, one per text (`per_text`)."""
     groups = sorted_batches(encoded.lengths, batch_size)
     outputs = compute(pad_batch(encoded, rows, pad_id) for rows in groups)
     restored = np.empty_like(outputs)
     restored[np.concatenate(groups)] = outputs
-    return restored
+    return per_text(encoded, restored)
 
 
 def pad_batch(encoded: Encoded, rows: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:

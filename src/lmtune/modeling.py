@@ -196,6 +196,17 @@ def checkpoint_max_length(config: Any, tokenizer: Any) -> int:
     return int(min(tokenizer.model_max_length, positions))
 
 
+# config.json key under which a classifier fine-tuned with data.max_windows > 1 keeps it
+MAX_WINDOWS_KEY = "lmtune_max_windows"
+
+
+def checkpoint_max_windows(config: Any) -> int:
+    """How many windows of its input length a classifier reads of a long text: the `data.max_windows`
+    lmtune fine-tuned it with (kept in its config.json), else 1 (cut at the input length)."""
+    value = getattr(config, MAX_WINDOWS_KEY, None)
+    return int(value) if isinstance(value, int) and value >= 1 else 1
+
+
 def is_classifier_checkpoint(config: Any) -> bool:
     """True when a checkpoint config describes a sequence-classification model."""
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))

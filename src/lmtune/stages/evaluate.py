@@ -20,7 +20,7 @@ from lmtune import data, devices, metrics, runs
 from lmtune.config import Config
 from lmtune.errors import ConfigError
 from lmtune.labels import LabelSpec, encode
-from lmtune.modeling import checkpoint_config, checkpoint_max_length, classifier_outputs, evaluate_mlm, is_classifier_checkpoint
+from lmtune.modeling import checkpoint_config, checkpoint_max_length, checkpoint_max_windows, classifier_outputs, evaluate_mlm, is_classifier_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +69,19 @@ def predict_scores(model: Any, encoded: data.Encoded, pad_id: int, batch_size: i
 
 
 def evaluate(
-    checkpoint: Path, data_files: list[str], cfg: Config, output_dir: Path | None = None, max_length: int | None = None
+    checkpoint: Path,
+    data_files: list[str],
+    cfg: Config,
+    output_dir: Path | None = None,
+    max_length: int | None = None,
+    max_windows: int | None = None,
 ) -> EvalResult:
     """Evaluate `checkpoint` on `data_files`, with columns and device from `cfg`.
 
     Inputs are cut at `max_length` tokens; None: the checkpoint's own length (`checkpoint_max_length`:
-    for a classifier lmtune fine-tuned, the `data.max_length` it was trained at).
+    for a classifier lmtune fine-tuned, the `data.max_length` it was trained at). A classifier reads a
+    longer text as up to `max_windows` windows of that length and scores their mean; None: the
+    checkpoint's own (`checkpoint_max_windows`: the `data.max_windows` it was fine-tuned with).
     """
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
@@ -96,7 +103,8 @@ def evaluate(
         rows, _ = data.load_table(data_files, "--data", cols, d.cache_dir)
         targets = encode(rows[d.label_column], spec, "--data", d.label_column)
         pairs = rows[d.text_pair_column] if d.text_pair_column else None
-        encoded = data.encode_rows(tokenizer, rows[d.text_column], pairs, length, targets)
+        windows = 1 if pairs is not None else max_windows or checkpoint_max_windows(model_config)
+        encoded = data.encode_rows(tokenizer, rows[d.text_column], pairs, length, targets, windows)
         model = AutoModelForSequenceClassification.from_pretrained(checkpoint, trust_remote_code=remote).to(placement.device).eval()
         with torch.inference_mode(), placement.autocast():
             scores = predict_scores(model, encoded, tokenizer.pad_token_id, cfg.train.batch_size * 2, placement.device)
@@ -120,6 +128,8 @@ def evaluate(
         results["blocks"] = len(blocks)
         runs.ensure_writable_dir(out, "the eval output dir")
         kind = "masked-lm"
+    if kind == "classifier":
+        results = {"max_length": length, "max_windows": windows, **results}
     results = {"checkpoint": str(checkpoint), "data": data_files, "kind": kind, **results}
     (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     return EvalResult(out, kind, results)

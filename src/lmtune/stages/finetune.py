@@ -23,7 +23,7 @@ from lmtune.config import Config
 from lmtune.errors import ConfigError, DataError
 from lmtune.labels import LabelSpec, class_weights, encode, infer_spec
 from lmtune.metrics import SELECTION_DEFAULTS, greater_is_better
-from lmtune.modeling import use_attention, check_compatible, classification_loss, load_for_finetuning
+from lmtune.modeling import MAX_WINDOWS_KEY, use_attention, check_compatible, classification_loss, load_for_finetuning
 from lmtune.stages.evaluate import predict_scores, score_predictions
 from lmtune.tokenization import load_checkpoint_tokenizer
 from lmtune.stages.common import open_run, place_run, run_training
@@ -129,6 +129,8 @@ def finetune(
     check_compatible(model, tokenizer, d.max_length)
     # the checkpoints carry the input length trained on: predict, eval and transformers' pipeline cut there too
     tokenizer.model_max_length = d.max_length
+    if d.max_windows > 1:  # and the windows of a long text it reads, which lmtune's eval and predict follow
+        setattr(model.config, MAX_WINDOWS_KEY, d.max_windows)
     log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device))
     if f.freeze_embeddings:
         for param in model.base_model.embeddings.parameters():
@@ -136,13 +138,18 @@ def finetune(
 
     def encoded(rows: Any, targets: np.ndarray) -> data.Encoded:
         pairs = rows[d.text_pair_column] if d.text_pair_column else None
-        return data.encode_rows(tokenizer, rows[d.text_column], pairs, d.max_length, targets)
+        return data.encode_rows(tokenizer, rows[d.text_column], pairs, d.max_length, targets, d.max_windows)
 
     train_enc, val_enc = encoded(train_rows, y_train), encoded(val_rows, y_val)
+    if d.max_windows > 1:
+        log.info(
+            "windows: %d training and %d validation windows of up to %d tokens (at most %d a text)",
+            len(train_enc.input_ids), len(val_enc.input_ids), d.max_length, d.max_windows,
+        )
     weights = None
     if spec.problem == "single_label" and f.class_weights is not None:
         if f.class_weights == "auto":
-            weights = torch.from_numpy(class_weights(y_train, spec.num_labels))
+            weights = torch.from_numpy(class_weights(train_enc.targets, spec.num_labels))  # per window
         elif len(f.class_weights) != spec.num_labels:
             raise ConfigError(
                 f"finetune.class_weights has {len(f.class_weights)} values for {spec.num_labels} labels ({', '.join(spec.names)})"
@@ -151,8 +158,8 @@ def finetune(
             weights = torch.tensor(f.class_weights, dtype=torch.float32)
         log.info("class weights: %s", ", ".join(f"{n}={w:.3g}" for n, w in zip(spec.names, weights.tolist())))
     metric = f.select_metric or SELECTION_DEFAULTS[spec.problem]
-    n_batches = -(-len(train_rows) // cfg.train.batch_size)
-    engine.ensure_training_possible(n_batches, cfg.train, f"data.train ({len(train_rows)} rows)")
+    n_batches = -(-len(train_enc.input_ids) // cfg.train.batch_size)
+    engine.ensure_training_possible(n_batches, cfg.train, f"data.train ({len(train_enc.input_ids)} rows)")
     reported = evaluation_metrics(uninformed_scores(y_val, spec), y_val, spec)
     if metric not in reported:  # checked here, before the run dir: the engine would only see it at the first evaluation
         raise ConfigError(f"finetune.select_metric {metric!r} is not an evaluation metric of a {spec.problem} task: use one of {', '.join(reported)}")

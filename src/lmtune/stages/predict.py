@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from lmtune.data import check_text_file, encode_rows
 from lmtune.errors import ConfigError, DataError, DeviceError
-from lmtune.modeling import checkpoint_max_length, is_classifier_checkpoint
+from lmtune.modeling import checkpoint_max_length, checkpoint_max_windows, is_classifier_checkpoint
 from lmtune.stages.evaluate import predict_scores
 
 SINGLE_LABEL = "single_label_classification"
@@ -45,6 +45,7 @@ class ClassifierInfo:
     problem_type: str  # single_label_classification | multi_label_classification | regression
     id2label: dict[int, str]  # output index -> label name (from config.json)
     max_length: int  # the longest input in tokens: `modeling.checkpoint_max_length`
+    max_windows: int = 1  # windows of max_length read of a longer text: `modeling.checkpoint_max_windows`
 
     @property
     def labels(self) -> list[str]:
@@ -119,6 +120,7 @@ def load_classifier(checkpoint_dir: str, device: torch.device) -> tuple[PreTrain
         problem_type=_problem_type(config),
         id2label={i: str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)},
         max_length=checkpoint_max_length(config, tokenizer),
+        max_windows=checkpoint_max_windows(config),
     )
     return model, tokenizer, info
 
@@ -284,6 +286,7 @@ def predict(
     texts: list[str],
     batch_size: int = 64,
     max_length: int | None = None,
+    max_windows: int | None = None,
     all_scores: bool = False,
     device: torch.device | None = None,
     precision: str = "fp32",
@@ -295,6 +298,8 @@ def predict(
         texts: the texts to classify.
         batch_size: texts per forward pass.
         max_length: truncate inputs to this many tokens (None: the model's limit, `info.max_length`).
+        max_windows: read a longer text as up to this many windows of max_length tokens and score
+            the mean of their outputs (None: the model's own, `info.max_windows`; 1: truncate).
         all_scores: single-label only: add every label's probability as `scores`.
         device: where the inputs go (None: the model's device).
         precision: "fp32", or "bf16" (CPU/GPU) / "fp16" (GPU) autocast. For int8, pass the model
@@ -307,17 +312,19 @@ def predict(
         a model with several outputs).
 
     Raises:
-        ConfigError: a bad batch_size, max_length or precision.
+        ConfigError: a bad batch_size, max_length, max_windows or precision.
         DeviceError: fp16 requested on the CPU.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be at least 1")
     if max_length is not None and not 1 <= max_length <= info.max_length:
         raise ConfigError(f"max_length={max_length} must be between 1 and the model's limit of {info.max_length} tokens")
+    if max_windows is not None and max_windows < 1:
+        raise ConfigError(f"max_windows={max_windows} must be at least 1")
     device = device or next(model.parameters()).device
     autocast = _autocast(device, precision)
     # one tokenization, batches of similar length (the same path as lmtune eval), input order restored
-    encoded = encode_rows(tokenizer, texts, None, max_length or info.max_length)
+    encoded = encode_rows(tokenizer, texts, None, max_length or info.max_length, max_windows=max_windows or info.max_windows)
     model.eval()
     with torch.inference_mode(), autocast:
         scores = predict_scores(model, encoded, tokenizer.pad_token_id, batch_size, device)
