@@ -655,9 +655,9 @@ def encode_rows(
         raise ConfigError(f"data.max_windows={max_windows} needs a fast (Rust) tokenizer; this checkpoint's is {type(tokenizer).__name__}")
     enc = tokenizer(texts, truncation=True, max_length=max_length, padding=False, return_overflowing_tokens=True, stride=0)
     owners = np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
-    # the window's place within its text: the rows of a text come together, in order
-    starts = np.r_[0, np.flatnonzero(np.diff(owners)) + 1]
-    place = np.arange(len(owners)) - np.repeat(starts, np.diff(np.r_[starts, len(owners)]))
+    # a window's place within its text: owners is sorted (a text's windows come together, in order),
+    # so each row's place is its index less that of its text's first row
+    place = np.arange(len(owners)) - np.searchsorted(owners, owners)
     keep = np.flatnonzero(place < max_windows)
     ids = [np.asarray(enc["input_ids"][i], dtype=np.int64) for i in keep]
     types = [np.asarray(enc["token_type_ids"][i], dtype=np.int64) for i in keep] if "token_type_ids" in enc else None
