@@ -130,6 +130,17 @@ class MLMSection(_Section):
     mask_replace: float = Field(0.8, ge=0.0, le=1.0, description="of the selected: share replaced by the mask token")
     random_replace: float = Field(0.1, ge=0.0, le=1.0, description="of the selected: share replaced by a random token")
     whole_word: bool = Field(False, description="select whole words rather than single word pieces")
+    objective: Literal["mlm", "electra"] = Field(
+        "mlm",
+        description="mlm: predict the selected tokens; electra: a small generator fills them in and the model "
+        "learns to spot the replaced tokens, a signal from every token (replaced-token detection)",
+    )
+    generator_layers: int = Field(
+        1, ge=1, description="electra: layers of the generator (the model's width, token embeddings shared with it)"
+    )
+    discriminator_weight: float = Field(
+        50.0, gt=0.0, description="electra: weight of the replaced-token loss against the generator's masked-LM loss"
+    )
 
 
 class TrainSection(_Section):
@@ -456,6 +467,12 @@ def _cross_checks(cfg: Config, stage: Stage | None) -> list[str]:
             problems.append(
                 f"model.hidden_size={sizes['hidden_size']} is not divisible by "
                 f"model.num_attention_heads={sizes['num_attention_heads']}"
+            )
+        elif cfg.mlm.objective == "electra" and cfg.mlm.generator_layers >= sizes["num_hidden_layers"]:
+            problems.append(
+                f"mlm.generator_layers={cfg.mlm.generator_layers} is not below the model's "
+                f"{sizes['num_hidden_layers']} layers: ELECTRA's generator must be weaker than the model it trains "
+                "(a quarter of its layers is a good start)"
             )
         limit = max_sequence_length(m)
         if d.max_length > limit:

@@ -212,6 +212,16 @@ def is_classifier_checkpoint(config: Any) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
 
 
+def has_masked_lm_head(config: Any) -> bool:
+    """True when a checkpoint config describes a model with a masked-LM head (or says nothing of its
+    architecture). Encoders saved without one (an ELECTRA discriminator, a sentence-embedding model)
+    would get a random head, and a perplexity that means nothing."""
+    names = getattr(config, "architectures", None) or []
+    return not names or any(
+        n.endswith("ForMaskedLM") or (n.endswith("ForPreTraining") and config.model_type != "electra") for n in names
+    )
+
+
 def checkpoint_config(checkpoint: str, trust_remote_code: bool = False) -> Any:
     """A checkpoint's config, with a clear error when it needs code the user has not trusted."""
     try:

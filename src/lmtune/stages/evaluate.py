@@ -20,7 +20,7 @@ from lmtune import data, devices, metrics, runs
 from lmtune.config import Config
 from lmtune.errors import ConfigError
 from lmtune.labels import LabelSpec, encode
-from lmtune.modeling import checkpoint_config, checkpoint_max_length, checkpoint_max_windows, classifier_outputs, evaluate_mlm, is_classifier_checkpoint
+from lmtune.modeling import checkpoint_config, checkpoint_max_length, checkpoint_max_windows, classifier_outputs, evaluate_mlm, has_masked_lm_head, is_classifier_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,13 @@ def evaluate(
             metrics.plot_confusion_matrix(results["confusion_matrix"], list(spec.names), out / "confusion_matrix.png", f"{checkpoint}")
         kind = "classifier"
     else:
+        if not has_masked_lm_head(model_config):
+            names = ", ".join(getattr(model_config, "architectures", None) or [])
+            raise ConfigError(
+                f"{checkpoint} is a {names} with no masked-LM head, so it has no perplexity to measure (an ELECTRA-"
+                "pretrained encoder's training metrics are in its run's metrics.jsonl): fine-tune it with "
+                "`lmtune finetune` and evaluate the classifier"
+            )
         texts, _ = data.load_texts(data_files, "--data", d.text_column, d.txt_unit, d.cache_dir)
         model = AutoModelForMaskedLM.from_pretrained(checkpoint, trust_remote_code=remote).to(placement.device).eval()
         block = min(length, tokenizer.model_max_length)  # never past the tokenizer's own limit

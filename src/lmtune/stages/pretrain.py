@@ -23,6 +23,7 @@ import tokenizers
 import torch
 
 from lmtune import data, distributed, engine, runs
+from lmtune.electra import ElectraPretrainer, build_electra, electra_loss, evaluate_electra
 from lmtune.config import Config
 from lmtune.errors import DataError
 from lmtune.modeling import use_attention, build_mlm, check_compatible, evaluate_mlm, mlm_loss
@@ -134,6 +135,7 @@ def pretrain(
         LmtuneError: for any problem with the config, data, device or output dir (before writing).
     """
     placement, out, resume_from = place_run(cfg, resume, overwrite, force)
+    electra = cfg.mlm.objective == "electra"
 
     clock = runs.PhaseClock()
     with distributed.main_first():  # the other processes reuse rank 0's tokenizer and caches
@@ -142,13 +144,14 @@ def pretrain(
         with clock.phase("tokenizer_s"):
             tokenizer = build_tokenizer(cfg, train_ds, resume_from)
         with clock.phase("model_s"):
-            model = build_mlm(cfg.model, tokenizer, cfg.seed)
+            model = build_model(cfg, tokenizer)
             check_compatible(model, tokenizer, cfg.data.max_length)
             log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device))
-        n_params = sum(p.numel() for p in model.parameters())
+        n_params = sum(p.numel() for p in model.base_model.parameters())
         log.info(
-            "model: %s, %d layers x %d wide, vocab %d, %.2fM parameters",
+            "model: %s, %d layers x %d wide, vocab %d, %.2fM parameters%s",
             cfg.model.arch, model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size, n_params / 1e6,
+            f" (ELECTRA: a {cfg.mlm.generator_layers}-layer generator trains beside it)" if electra else "",
         )
         with clock.phase("pack_s"):
             train_blocks, val_blocks = pack(cfg, tokenizer, train_ds, val_ds)
@@ -187,7 +190,7 @@ def pretrain(
         # a fixed "epoch" (-1) keeps validation masks identical at every evaluation
         stream = data.block_batches(val_blocks, t.batch_size, cfg.seed, -1, masker, shuffle=False)
         capped = (b for i, b in zip(range(eval_cap or 1 << 62), stream))
-        metrics = evaluate_mlm(model, capped, placement.device)
+        metrics = evaluate_electra(model, capped, placement.device, cfg.seed) if electra else evaluate_mlm(model, capped, placement.device)
         if probe is not None:
             metrics.update(probe_scores(model, probe, t.batch_size, placement.device))
         return metrics
@@ -196,7 +199,7 @@ def pretrain(
         model=model,
         batches=batches,
         batches_per_epoch=len(train_blocks) // t.batch_size,
-        loss=mlm_loss,
+        loss=electra_loss if electra else mlm_loss,
         save=partial(_save, tokenizer=tokenizer),
         save_assets=tokenizer.save_pretrained,
         count=lambda batch: batch["input_ids"].numel(),
@@ -211,5 +214,13 @@ def pretrain(
     return PretrainResult(run_dir=run_dir, steps=result.steps, seconds=result.seconds, metrics=result.last_eval)
 
 
+def build_model(cfg: Config, tokenizer: Any) -> torch.nn.Module:
+    """The masked LM to pretrain, or for `mlm.objective: electra` the encoder with its generator."""
+    if cfg.mlm.objective == "electra":
+        return build_electra(cfg.model, tokenizer, cfg.seed, cfg.mlm.generator_layers, cfg.mlm.discriminator_weight)
+    return build_mlm(cfg.model, tokenizer, cfg.seed)
+
+
 def _save(model: torch.nn.Module, path: Path, tokenizer: Any) -> None:
-    runs.save_hf_checkpoint(model, tokenizer, path)
+    # ELECTRA keeps the discriminator's encoder alone: a plain HF encoder, fine-tunable anywhere
+    runs.save_hf_checkpoint(model.discriminator if isinstance(model, ElectraPretrainer) else model, tokenizer, path)
