@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,24 @@ def runner() -> CliRunner:
 def invoke(runner: CliRunner, *args: str):
     """Run the CLI in-process and return the result (exit_code, stdout, stderr)."""
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def simulate_crash(run: Path, last_saved: int) -> None:
+    """Leave `run` as a crash right after its checkpoint step-`last_saved` would: no final/ model and no
+    later checkpoint, so `--resume` starts from step-`last_saved`."""
+    shutil.rmtree(run / "final")
+    for checkpoint in (run / "checkpoints").glob("step-*"):
+        if int(checkpoint.name.removeprefix("step-")) > last_saved:
+            shutil.rmtree(checkpoint)
+
+
+def assert_same_weights(expected: dict, actual: dict) -> None:
+    """Two state dicts hold the same tensors under the same names, bit for bit."""
+    import torch
+
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
 
 
 def write_config(path: Path, **sections) -> Path:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FIXTURES, SOUNDS, invoke, tiny_config, write_config
+from conftest import FIXTURES, SOUNDS, assert_same_weights, invoke, simulate_crash, tiny_config, write_config
 from lmtune.config import load_config
 from lmtune.runs import read_metrics
 
@@ -76,14 +75,11 @@ def test_electra_resume_reaches_bitwise_identical_weights(tmp_path, runner):
     full = load_file(run / "final" / "model.safetensors")
     assert any(k.startswith("generator.") for k in load_file(run / "checkpoints" / "step-4" / "model.safetensors"))
 
-    shutil.rmtree(run / "final")
-    shutil.rmtree(run / "checkpoints" / "step-8", ignore_errors=True)
+    simulate_crash(run, last_saved=4)
     result = invoke(runner, "pretrain", config, "--precision", "fp32", "--resume")
     assert result.exit_code == 0, result.output
     resumed = load_file(run / "final" / "model.safetensors")
-    assert full.keys() == resumed.keys()
-    for name in full:
-        assert torch.equal(full[name], resumed[name]), name
+    assert_same_weights(full, resumed)
 
 
 def test_finetune_starts_from_the_electra_encoder(tmp_path, runner):

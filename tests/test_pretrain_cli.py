@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import FIXTURES, REPO, SOUNDS, invoke, tiny_config
+from conftest import FIXTURES, REPO, SOUNDS, assert_same_weights, invoke, simulate_crash, tiny_config
 from lmtune.config import load_config
 from lmtune.runs import read_metrics
 
@@ -116,14 +116,11 @@ def test_resume_reaches_bitwise_identical_weights(tmp_path, runner):
     full = load_file(run / "final" / "model.safetensors")
 
     # simulate a crash right after step 4: the later checkpoint and the final model never got written
-    shutil.rmtree(run / "final")
-    shutil.rmtree(run / "checkpoints" / "step-8", ignore_errors=True)
+    simulate_crash(run, last_saved=4)
     result = invoke(runner, "pretrain", config, "--precision", "fp32", "--resume")
     assert result.exit_code == 0, result.output
     resumed = load_file(run / "final" / "model.safetensors")
-    assert full.keys() == resumed.keys()
-    for name in full:
-        assert torch.equal(full[name], resumed[name]), name
+    assert_same_weights(full, resumed)
     steps = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"]
     assert steps[-1] == 8
 
@@ -139,17 +136,15 @@ def test_resume_uses_the_checkpoints_tokenizer_not_the_cache(tmp_path, runner):
     full = load_file(run / "final" / "model.safetensors")
     assert (run / "checkpoints" / "step-4" / "tokenizer.json").read_bytes() == (run / "final" / "tokenizer.json").read_bytes()
 
-    shutil.rmtree(run / "final")
-    shutil.rmtree(run / "checkpoints" / "step-8", ignore_errors=True)
+    simulate_crash(run, last_saved=4)
     other_cache = tmp_path / "cache-b"
     result = invoke(runner, "pretrain", config, "--precision", "fp32", "--resume", "--set", f"data.cache_dir={other_cache}")
     assert result.exit_code == 0, result.output
     assert not (other_cache / "lmtune-tokenizers").exists()  # no tokenizer was trained
     resumed = load_file(run / "final" / "model.safetensors")
-    assert all(torch.equal(full[name], resumed[name]) for name in full)
+    assert_same_weights(full, resumed)
 
-    shutil.rmtree(run / "final")
-    shutil.rmtree(run / "checkpoints" / "step-8", ignore_errors=True)
+    simulate_crash(run, last_saved=4)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (run / "checkpoints" / "step-4" / name).unlink()
     result = invoke(runner, "pretrain", config, *first, "--resume")
@@ -163,8 +158,7 @@ def test_resume_in_bf16_gives_the_same_loss_curve(tmp_path, runner):
     assert invoke(runner, "pretrain", config, "--precision", "bf16").exit_code == 0
     run = tmp_path / "run"
     full = [r["loss"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"]
-    shutil.rmtree(run / "final")
-    shutil.rmtree(run / "checkpoints" / "step-8", ignore_errors=True)
+    simulate_crash(run, last_saved=4)
     assert invoke(runner, "pretrain", config, "--precision", "bf16", "--resume").exit_code == 0
     resumed = [r["loss"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"]
     assert len(resumed) == 8  # the records of steps 5-8 from the first run were replaced, not repeated
@@ -455,7 +449,7 @@ def test_sigkill_mid_training_then_resume_ends_bitwise_equal(tmp_path):
     result = subprocess.run([*cmd, str(killed), "--resume"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     a, b = load_file(tmp_path / "full" / "final" / "model.safetensors"), load_file(killed / "final" / "model.safetensors")
-    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert_same_weights(a, b)
     steps = [r["step"] for r in read_metrics(killed / "metrics.jsonl") if r["type"] == "train"]
     assert steps == list(range(1, 301))
 
