@@ -16,7 +16,6 @@ lives only in the training checkpoints (checkpoints/step-N), for resuming.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForTokenClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from lmtune.config import ModelSection
-from lmtune.modeling import IGNORE_INDEX, build_mlm, mlm_head
+from lmtune.modeling import IGNORE_INDEX, build_mlm, mlm_config, mlm_head
 
 
 class ElectraPretrainer(torch.nn.Module):
@@ -57,7 +56,7 @@ def build_electra(
 ) -> ElectraPretrainer:
     """A discriminator sized by the preset and a `generator_layers`-layer generator of the same width
     that shares its token embeddings (and uses them as its output layer, as ELECTRA does)."""
-    config = copy.deepcopy(build_mlm(m, tokenizer, seed).config)
+    config = mlm_config(m, tokenizer)
     config.update({"num_labels": 1, "id2label": {0: "replaced"}, "label2id": {"replaced": 0}})
     torch.manual_seed(seed)
     discriminator = AutoModelForTokenClassification.from_config(config)

@@ -24,6 +24,7 @@ from transformers import (
     BertForMaskedLM,
     ModernBertConfig,
     ModernBertForMaskedLM,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     RobertaConfig,
@@ -38,16 +39,29 @@ from lmtune.tokenization import round_up
 IGNORE_INDEX = -100
 
 
+_MASKED_LM: dict[str, type[PreTrainedModel]] = {
+    "bert": BertForMaskedLM,
+    "roberta": RobertaForMaskedLM,
+    "modernbert": ModernBertForMaskedLM,
+}
+
+
 def build_mlm(m: ModelSection, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
-    """A freshly initialised masked LM sized by the preset and explicit sizes, matched to `tokenizer`.
+    """A freshly initialised masked LM of `mlm_config(m, tokenizer)`, its weights drawn from `seed`."""
+    config = mlm_config(m, tokenizer)
+    torch.manual_seed(seed)
+    return _MASKED_LM[m.arch](config)
+
+
+def mlm_config(m: ModelSection, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+    """The config of a masked LM sized by the preset and explicit sizes, matched to `tokenizer`.
 
     The embedding table rounds the tokenizer's size up to a multiple of 64.
     """
     sizes = resolved_model_sizes(m)
     dropout = 0.0 if m.dropout is None else m.dropout
-    torch.manual_seed(seed)
     if m.arch == "modernbert":
-        return ModernBertForMaskedLM(modernbert_config(m, tokenizer, sizes, dropout))
+        return modernbert_config(m, tokenizer, sizes, dropout)
     offset = 2 if m.arch == "roberta" else 0
     common = dict(
         vocab_size=round_up(len(tokenizer), 64),
@@ -59,11 +73,10 @@ def build_mlm(m: ModelSection, tokenizer: PreTrainedTokenizerBase, seed: int) ->
         **m.hf_config,
     )
     if m.arch == "bert":
-        return BertForMaskedLM(BertConfig(**common))
-    config = RobertaConfig(
+        return BertConfig(**common)
+    return RobertaConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, type_vocab_size=1, **common
     )
-    return RobertaForMaskedLM(config)
 
 
 def modernbert_config(
