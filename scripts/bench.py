@@ -27,7 +27,7 @@ bf16 is emulated and far slower: the `levers` benchmark measures it).
     on the same text (`model_max_length` = `--seq-len`), saved to a temporary dir. Both sides load it as a
     classifier with a new 2-way head (and pooler), seeded alike, and check that their initial weights match.
   - lmtune: the pieces `stages/finetune.py` uses: `load_for_finetuning`, `check_compatible`,
-    `use_attention(model, "auto", cpu)`, `data.encode_rows` (no padding), `length_grouped_batches` +
+    `use_attention(model, "auto", cpu)` (with it lmtune.fastdropout; `--torch-dropout` undoes that), `data.encode_rows` (no padding), `length_grouped_batches` +
     `pad_batch` (each batch padded to its longest row), `classification_loss`, `engine.train` (the
     precision, fused AdamW, clipping) with evaluation and checkpoints off.
   - reference: `Trainer(bf16=<as lmtune>, use_cpu=True)` on `AutoModelForSequenceClassification` from the same
@@ -155,6 +155,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--ref-sampling", choices=("random", "group_by_length"), default="random",
         help="finetune: the reference Trainer's train_sampling_strategy (default random, the Trainer's default)",
+    )
+    p.add_argument(
+        "--torch-dropout", action="store_true",
+        help="finetune: lmtune's side with PyTorch's own CPU dropout instead of lmtune.fastdropout (to measure it)",
     )
     p.add_argument(
         "--retries", type=int, default=2,
@@ -823,13 +827,20 @@ def weights_checksum(model: torch.nn.Module) -> float:
 
 
 def run_lmtune_finetune(args, cls: Classification, placement, workdir: Path) -> dict:
-    from lmtune import data, engine, runs
+    from lmtune import data, engine, fastdropout, runs
     from lmtune.modeling import check_compatible, classification_loss, load_for_finetuning, use_attention
 
     torch.manual_seed(args.seed)
     model, _ = load_for_finetuning(str(cls.checkpoint), cls.spec, None)  # dropout: the checkpoint's (0.1)
     check_compatible(model, cls.tokenizer, args.seq_len)
     attention = use_attention(model, "auto", placement.device)  # the default model.attention
+    if args.torch_dropout:  # undo lmtune.fastdropout: PyTorch's dropout modules and transformers' eager attention
+        for module in model.modules():
+            if isinstance(module, fastdropout.FastDropout):
+                module.__class__ = torch.nn.Dropout
+        if model.config._attn_implementation == fastdropout.ATTENTION:
+            model.set_attn_implementation("eager")
+        attention += ", torch dropout"
     checksum = weights_checksum(model)
     t = cls.cfg.train
     pad_id = cls.tokenizer.pad_token_id

@@ -357,7 +357,7 @@ def test_max_windows_reads_what_lies_past_max_length(tmp_path, runner, pretraine
             tmp_path / "long.yaml", output_dir=str(run), seed=0, device="cpu", model={"checkpoint": str(pretrained)},
             data={"train": [str(folder / "train.jsonl")], "validation": [str(folder / "validation.jsonl")],
                   "test": [str(folder / "test.jsonl")], "max_length": 16},
-            train={"batch_size": 16, "lr": 1.0e-3, "epochs": 3, "eval_every": "epoch", "save_every": None, "log_every": 50},
+            train={"batch_size": 16, "lr": 1.0e-3, "epochs": 4, "eval_every": "epoch", "save_every": None, "log_every": 50},
         )
         args = [a for s in sets for a in ("--set", s)]
         result = invoke(runner, "finetune", config, *args)

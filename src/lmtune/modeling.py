@@ -31,6 +31,7 @@ from transformers import (
     RobertaForMaskedLM,
 )
 
+from lmtune import fastdropout
 from lmtune.config import ModelSection, resolved_model_sizes
 from lmtune.errors import ConfigError
 from lmtune.labels import HF_PROBLEM_TYPES, LabelSpec
@@ -112,10 +113,15 @@ def modernbert_config(
 def use_attention(model: PreTrainedModel, choice: str, device: Any) -> str:
     """Switch the attention kernel. `auto` means SDPA, except BERT and RoBERTa on the CPU, where
     their eager attention trained faster than PyTorch's fused SDPA backward (ModernBERT's eager path
-    is the slower one there: both measured in docs/PERFORMANCE.md)."""
+    is the slower one there: both measured in docs/PERFORMANCE.md).
+    On the CPU, dropout then goes through lmtune.fastdropout (masks of the same law from a quarter of the
+    random draws; PyTorch's own CPU dropout cost more than a third of a BERT fine-tuning step).
+    Returns the kernel's name.
+    """
     on_cpu = getattr(device, "type", device) == "cpu"
     kind = choice if choice != "auto" else ("eager" if on_cpu and model.config.model_type != "modernbert" else "sdpa")
     model.set_attn_implementation(kind)
+    fastdropout.install(model, device)
     return kind
 
 
