@@ -115,7 +115,7 @@ def use_attention(model: PreTrainedModel, choice: str, device: Any) -> str:
     their eager attention trained faster than PyTorch's fused SDPA backward (ModernBERT's eager path
     is the slower one there: both measured in docs/PERFORMANCE.md).
     On the CPU, dropout then goes through lmtune.fastdropout (masks of the same law from a quarter of the
-    random draws; PyTorch's own CPU dropout cost more than a third of a BERT fine-tuning step).
+    random draws; PyTorch's own CPU dropout took nearly half of a BERT fine-tuning step).
     Returns the kernel's name.
     """
     on_cpu = getattr(device, "type", device) == "cpu"
