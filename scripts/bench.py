@@ -502,7 +502,7 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path, variant: 
         placement = devices.resolve("cpu", variant["precision"])
     model = build_mlm(cfg.model, tokenizer, cfg.seed)
     check_compatible(model, tokenizer, cfg.data.max_length)
-    attention = use_attention(model, variant.get("attention", cfg.model.attention), placement.device)  # as stages/pretrain.py does
+    attention = use_attention(model, variant.get("attention", cfg.model.attention), placement.device, placement.precision)  # as stages/pretrain.py does
     if variant.get("full_head"):  # ModernBERT's own switch (read once at init); BERT always runs the head everywhere
         model.config.sparse_prediction = False
         if hasattr(model, "sparse_prediction"):
@@ -833,7 +833,7 @@ def run_lmtune_finetune(args, cls: Classification, placement, workdir: Path) -> 
     torch.manual_seed(args.seed)
     model, _ = load_for_finetuning(str(cls.checkpoint), cls.spec, None)  # dropout: the checkpoint's (0.1)
     check_compatible(model, cls.tokenizer, args.seq_len)
-    attention = use_attention(model, "auto", placement.device)  # the default model.attention
+    attention = use_attention(model, "auto", placement.device, placement.precision)  # the default model.attention
     if args.torch_dropout:  # undo lmtune.fastdropout: PyTorch's dropout modules and transformers' eager attention
         for module in model.modules():
             if isinstance(module, fastdropout.FastDropout):

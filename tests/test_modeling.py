@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import torch
 import pytest
-from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, ModernBertConfig, ModernBertForMaskedLM
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    ModernBertConfig,
+    ModernBertForMaskedLM,
+    ModernBertForSequenceClassification,
+)
 
-from lmtune.modeling import IGNORE_INDEX, mlm_loss, use_attention
+from lmtune.modeling import IGNORE_INDEX, auto_attention, mlm_loss, use_attention
 from lmtune.stages.finetune import layerwise_groups
 
 SIZES = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -71,11 +78,42 @@ def test_fused_adamw_matches_the_plain_loop():
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*weights))
 
 
-def test_auto_attention_is_eager_for_bert_and_sdpa_for_modernbert_on_the_cpu():
+def test_auto_attention_is_eager_for_bert_and_for_modernbert_in_bf16_on_the_cpu():
     cpu = torch.device("cpu")
     assert use_attention(BertForMaskedLM(BertConfig(**SIZES)), "auto", cpu) == "eager"
+    assert use_attention(BertForMaskedLM(BertConfig(**SIZES)), "auto", cpu, "bf16") == "eager"
     assert use_attention(_modernbert(sparse=True), "auto", cpu) == "sdpa"
+    assert use_attention(_modernbert(sparse=True), "auto", cpu, "bf16") == "eager"
+    assert use_attention(_modernbert(sparse=True), "sdpa", cpu, "bf16") == "sdpa"
     assert use_attention(_modernbert(sparse=True), "eager", cpu) == "eager"
+    assert auto_attention("modernbert", torch.device("cuda"), "bf16") == auto_attention("bert", "cuda", "bf16") == "sdpa"
+
+
+def test_modernbert_eager_and_sdpa_agree_on_padded_batches_and_gradients():
+    """The kernel auto picks for ModernBERT in bf16 computes what its SDPA does (checked in fp32)."""
+    torch.manual_seed(0)
+    config = ModernBertConfig(
+        vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        layer_types=["full_attention"] * 2, pad_token_id=0, num_labels=3,
+    )
+    eager, sdpa = ModernBertForSequenceClassification(config), ModernBertForSequenceClassification(config)
+    sdpa.load_state_dict(eager.state_dict())
+    eager.set_attn_implementation("eager")
+    sdpa.set_attn_implementation("sdpa")
+    ids = torch.randint(5, 128, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+    ids[mask == 0] = 0
+    labels = torch.tensor([0, 1, 2])
+    a = eager.train()(input_ids=ids, attention_mask=mask, labels=labels)
+    b = sdpa.train()(input_ids=ids, attention_mask=mask, labels=labels)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)
+    a.loss.backward()
+    b.loss.backward()
+    theirs = dict(sdpa.named_parameters())
+    for name, p in eager.named_parameters():
+        assert torch.allclose(p.grad, theirs[name].grad, atol=1e-5), name
 
 
 def test_eager_and_sdpa_attention_agree_on_padded_batches():

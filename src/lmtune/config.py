@@ -79,7 +79,8 @@ class ModelSection(_Section):
         False, description="finetune/eval: run Python code shipped with a checkpoint (only for checkpoints you trust)"
     )
     attention: Literal["auto", "eager", "sdpa"] = Field(
-        "auto", description="attention kernel; auto: eager for BERT and RoBERTa on the CPU (faster there at these sizes), sdpa otherwise"
+        "auto",
+        description="attention kernel; auto: on the CPU eager for BERT and RoBERTa, and for ModernBERT in bf16 (faster there), sdpa otherwise",
     )
     hf_config: dict[str, Any] = Field(
         default_factory=dict, description="any other field of BertConfig/RobertaConfig/ModernBertConfig, set as is"

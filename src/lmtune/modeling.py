@@ -110,19 +110,28 @@ def modernbert_config(
     return ModernBertConfig(**fields)
 
 
-def use_attention(model: PreTrainedModel, choice: str, device: Any) -> str:
-    """Switch the attention kernel. `auto` means SDPA, except BERT and RoBERTa on the CPU, where
-    their eager attention trained faster than PyTorch's fused SDPA backward (ModernBERT's eager path
-    is the slower one there: both measured in docs/PERFORMANCE.md).
+def use_attention(model: PreTrainedModel, choice: str, device: Any, precision: str = "fp32") -> str:
+    """Switch the attention kernel. `auto` means SDPA, except on the CPU for BERT and RoBERTa, whose
+    eager attention trained faster than PyTorch's fused SDPA backward, and for ModernBERT under bf16
+    autocast, where eager trained 1.17-1.25x faster (in fp32 SDPA was as fast or 1.10x faster): all
+    measured in docs/PERFORMANCE.md.
     On the CPU, dropout then goes through lmtune.fastdropout (masks of the same law from a quarter of the
     random draws; PyTorch's own CPU dropout took nearly half of a BERT fine-tuning step).
     Returns the kernel's name.
     """
-    on_cpu = getattr(device, "type", device) == "cpu"
-    kind = choice if choice != "auto" else ("eager" if on_cpu and model.config.model_type != "modernbert" else "sdpa")
+    kind = choice if choice != "auto" else auto_attention(model.config.model_type, device, precision)
     model.set_attn_implementation(kind)
     fastdropout.install(model, device)
     return kind
+
+
+def auto_attention(model_type: str, device: Any, precision: str) -> str:
+    """What `model.attention: auto` picks (see use_attention)."""
+    if getattr(device, "type", device) != "cpu":
+        return "sdpa"
+    if model_type == "modernbert":
+        return "eager" if precision == "bf16" else "sdpa"
+    return "eager"
 
 
 def check_compatible(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:

@@ -131,7 +131,7 @@ def finetune(
     tokenizer.model_max_length = d.max_length
     if d.max_windows > 1:  # and the windows of a long text it reads, which lmtune's eval and predict follow
         setattr(model.config, MAX_WINDOWS_KEY, d.max_windows)
-    log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device))
+    log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device, placement.precision))
     if f.freeze_embeddings:
         for param in model.base_model.embeddings.parameters():
             param.requires_grad_(False)

@@ -146,7 +146,7 @@ def pretrain(
         with clock.phase("model_s"):
             model = build_model(cfg, tokenizer)
             check_compatible(model, tokenizer, cfg.data.max_length)
-            log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device))
+            log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device, placement.precision))
         n_params = sum(p.numel() for p in model.base_model.parameters())
         log.info(
             "model: %s, %d layers x %d wide, vocab %d, %.2fM parameters%s",
