@@ -52,6 +52,15 @@ def assert_same_weights(expected: dict, actual: dict) -> None:
         assert torch.equal(expected[name], actual[name]), name
 
 
+def assert_same_grads(expected, actual, atol: float) -> None:
+    """Every parameter of model `actual` has the gradient of its namesake in model `expected`, to `atol`."""
+    import torch
+
+    theirs = dict(expected.named_parameters())
+    for name, p in actual.named_parameters():
+        assert torch.allclose(p.grad, theirs[name].grad, atol=atol), name
+
+
 def write_config(path: Path, **sections) -> Path:
     """Write a YAML config file from keyword sections and return its path."""
     path.write_text(yaml.safe_dump(sections, sort_keys=False))

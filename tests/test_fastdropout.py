@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
+from conftest import assert_same_grads
 from lmtune import fastdropout
 from lmtune.modeling import use_attention
 
@@ -74,9 +75,7 @@ def test_bert_with_it_computes_what_stock_eager_bert_does_without_dropout():
     assert torch.allclose(a, b, atol=1e-6)
     a.backward()
     b.backward()
-    theirs = dict(stock.named_parameters())
-    for name, p in ours.named_parameters():
-        assert torch.allclose(p.grad, theirs[name].grad, atol=1e-6), name
+    assert_same_grads(stock, ours, atol=1e-6)
 
 
 def test_dropout_is_on_in_training_off_in_eval_and_the_saved_checkpoint_is_plain(tmp_path):

@@ -13,6 +13,7 @@ from transformers import (
     ModernBertForSequenceClassification,
 )
 
+from conftest import assert_same_grads
 from lmtune.modeling import IGNORE_INDEX, auto_attention, mlm_loss, use_attention
 from lmtune.stages.finetune import layerwise_groups
 
@@ -55,9 +56,7 @@ def test_masked_only_head_gives_the_full_heads_loss_and_gradients(arch):
     assert torch.allclose(ours, theirs, atol=1e-5)
     ours.backward()
     theirs.backward()
-    stock_grads = dict(stock.named_parameters())
-    for name, p in ours_model.named_parameters():
-        assert torch.allclose(p.grad, stock_grads[name].grad, atol=1e-5), name
+    assert_same_grads(stock, ours_model, atol=1e-5)
 
 
 def test_fused_adamw_matches_the_plain_loop():
@@ -111,9 +110,7 @@ def test_modernbert_eager_and_sdpa_agree_on_padded_batches_and_gradients():
     assert torch.allclose(a.logits, b.logits, atol=1e-5)
     a.loss.backward()
     b.loss.backward()
-    theirs = dict(sdpa.named_parameters())
-    for name, p in eager.named_parameters():
-        assert torch.allclose(p.grad, theirs[name].grad, atol=1e-5), name
+    assert_same_grads(sdpa, eager, atol=1e-5)
 
 
 def test_eager_and_sdpa_attention_agree_on_padded_batches():

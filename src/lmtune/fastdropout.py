@@ -15,6 +15,7 @@ checkpoints are unchanged: config.json keeps no attention choice, and the module
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -27,9 +28,7 @@ _LANES = 65536  # values of a 16-bit lane
 
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
     """A bool mask, True with probability 1 - p (up to p's rounding to 1/65536), from torch's generator."""
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
     lanes = words.view(torch.int16)[:n].view(shape)
     return lanes >= round(p * _LANES) - _LANES // 2
