@@ -37,8 +37,10 @@ bf16 is emulated and far slower: the `levers` benchmark measures it).
 * predict: texts/s of classifying `--predict-texts` sentences end to end (texts in, labels out), the
   model already loaded, both in the order given; the reference in fp32.
   - lmtune: `lmtune.stages.predict.predict` (length-sorted batches) on `load_classifier`'s model, in
-    `--predict-precision` as `lmtune predict --precision` runs it (fp32; bf16 autocast; or int8: the
-    model through `quantize_int8`), `--batch-size` texts per batch.
+    `--predict-precision` as `lmtune predict --precision` runs it (auto, its default: bf16 autocast on a
+    CPU with native bf16, else fp32; fp32; bf16; or int8: the model through `quantize_int8`),
+    `--batch-size` texts per batch. The table adds the reference's GFLOP/s against the fp32 matmul
+    peak measured after the rounds, and the ratio an fp32 lmtune at that peak would reach.
   - reference: `transformers.pipeline("text-classification", model=dir, device="cpu",
     batch_size=--batch-size)` called with `truncation=True, max_length=--seq-len`.
   - the classifier: the one lmtune fine-tuned in the first finetune run (or, with `--what predict` alone,
@@ -149,8 +151,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--predict-texts", type=int, default=2000, help="predict: texts classified per run (default 2000)")
     p.add_argument("--predict-repeats", type=int, default=4, help="predict: rounds of (lmtune, reference), alternating (default 4)")
     p.add_argument(
-        "--predict-precision", choices=("fp32", "bf16", "int8"), default="fp32",
-        help="predict: lmtune's side as `lmtune predict --precision` (default fp32; the reference is always fp32)",
+        "--predict-precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",
+        help="predict: lmtune's side as `lmtune predict --precision` runs it (default auto, its default: bf16 on a "
+        "CPU with native bf16, else fp32; the reference is always fp32, as pipeline() runs by default)",
     )
     p.add_argument(
         "--ref-sampling", choices=("random", "group_by_length"), default="random",
@@ -325,6 +328,28 @@ def best_peak(peaks: list[dict]) -> float:
 # Model FLOPs
 
 
+def encoder_params(model: torch.nn.Module) -> int:
+    """Parameters of the base model that take part in matmuls: all but the embedding block (token table,
+    positions, its LayerNorm), which is lookups."""
+    base = model.base_model
+    embedding_block = getattr(base, "embeddings", None) or base.get_input_embeddings()
+    excluded = {id(p) for p in embedding_block.parameters()}
+    return sum(p.numel() for p in base.parameters() if id(p) not in excluded)
+
+
+def forward_flops(model: torch.nn.Module, lengths: list[int], batch_size: int) -> float:
+    """Forward FLOPs of classifying texts of these token `lengths`, batched in this order and padded per
+    batch: 2 per encoder parameter per token, plus attention's 4 * seq_len * hidden per layer and token
+    (scores and mixing over the padded batch length; the pooler and head are under 3% and left out)."""
+    cfg, n = model.config, encoder_params(model)
+    total = 0.0
+    for i in range(0, len(lengths), batch_size):
+        batch = lengths[i : i + batch_size]
+        longest = max(batch)
+        total += len(batch) * longest * (2 * n + 4 * cfg.num_hidden_layers * longest * cfg.hidden_size)
+    return total
+
+
 def flops_per_token(model: torch.nn.Module, seq_len: int, head_fraction: float) -> dict[str, float]:
     """Training FLOPs (forward + backward) per input token of a BERT or ModernBERT masked LM.
 
@@ -346,10 +371,7 @@ def flops_per_token(model: torch.nn.Module, seq_len: int, head_fraction: float) 
 
     base = model.base_model
     embeddings = base.get_input_embeddings()
-    # the embedding block (token table, positions, its LayerNorm) is lookups, not matmuls
-    embedding_block = getattr(base, "embeddings", None)
-    excluded = {id(p) for p in (embedding_block or embeddings).parameters()}
-    encoder = sum(p.numel() for p in base.parameters() if id(p) not in excluded)
+    encoder = encoder_params(model)
     head = mlm_head(model)
     # the decoder weight is tied to the word embeddings; count it once, as hidden x vocab (+ its bias)
     tied = id(embeddings.weight)
@@ -1339,6 +1361,7 @@ def bench_finetune(args: argparse.Namespace, cls: Classification, workdir: Path)
 def bench_predict(args: argparse.Namespace, cls: Classification, workdir: Path) -> dict:
     from transformers import pipeline
 
+    from lmtune import devices
     from lmtune.stages.predict import load_classifier, predict, quantize_int8
 
     precision = args.predict_precision
@@ -1349,9 +1372,15 @@ def bench_predict(args: argparse.Namespace, cls: Classification, workdir: Path) 
     texts, bs, limit = cls.predict_texts, args.batch_size, args.seq_len
     t0 = time.perf_counter()
     model, tokenizer, info = load_classifier(str(path), cpu)
+    flops = {  # counted before any quantisation: an int8 model does the same multiplies
+        "lmtune": forward_flops(model, sorted(cls.predict_lengths), bs),
+        "reference": forward_flops(model, cls.predict_lengths, bs),
+    }
     if precision == "int8":
         model = quantize_int8(model)
-    autocast = "bf16" if precision == "bf16" else "fp32"  # an int8 model runs without autocast
+    # an int8 model runs without autocast; auto is what `lmtune predict` resolves it to on this machine
+    autocast = "fp32" if precision == "int8" else devices.resolve("cpu", precision).precision
+    shown = precision if precision in ("int8", autocast) else f"{precision} ({autocast})"
     lm_load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     pipe = pipeline("text-classification", model=str(path), device="cpu", batch_size=bs)
@@ -1372,7 +1401,7 @@ def bench_predict(args: argparse.Namespace, cls: Classification, workdir: Path) 
     }
     print(
         f"{len(texts)} texts (median {statistics.median(cls.predict_lengths):.0f} tokens), batch {bs}, max length {limit}, "
-        f"lmtune {precision}, reference fp32; classifier: {setup['classifier']}",
+        f"lmtune {shown}, reference fp32; classifier: {setup['classifier']}",
         flush=True,
     )
     print(
@@ -1435,10 +1464,14 @@ def bench_predict(args: argparse.Namespace, cls: Classification, workdir: Path) 
     )
     med = medians(rounds, "samples_per_s")
     left_out = med["rounds"] - med["rounds_used"]
+    # how near the fp32 matmul peak the reference runs, and so the most any fp32 prediction could gain
+    peak = matmul_peak("fp32")
+    ref_gflops = flops["reference"] * med["reference"] / len(texts) / 1e9
+    fp32_ceiling = peak["peak"] * 1e9 / (flops["lmtune"] / len(texts)) / med["reference"]
     print_table(
         f"predict: medians over {med['rounds_used']} of {med['rounds']} repeats"
         + (f" ({left_out} left out: other processes used over 5% of the CPUs)" if left_out else "")
-        + f", {len(texts)} texts each, batch {bs}, max length {limit}, lmtune {precision}, reference fp32",
+        + f", {len(texts)} texts each, batch {bs}, max length {limit}, lmtune {shown}, reference fp32",
         [
             ("lmtune predict() texts/s", f"{med['lmtune']:,.0f}"),
             ("reference pipeline() texts/s", f"{med['reference']:,.0f}"),
@@ -1446,10 +1479,17 @@ def bench_predict(args: argparse.Namespace, cls: Classification, workdir: Path) 
             ("top-label agreement", f"{100 * agree:.2f}%"),
             ("lmtune padding share", f"{100 * setup['lmtune_padding_share']:.1f}%"),
             ("reference padding share", f"{100 * setup['reference_padding_share']:.1f}%"),
+            ("reference GFLOP/s (fp32 matmul peak)", f"{ref_gflops:.0f} ({peak['peak']:.0f})"),
+            ("fp32 ceiling: peak-rate lmtune / reference", f"{fp32_ceiling:.2f}x"),
         ],
     )
     return {
         **setup,
+        "lmtune_compute_precision": autocast,
+        "forward_gflop": {side: f / 1e9 for side, f in flops.items()},
+        "reference_gflops": ref_gflops,
+        "fp32_matmul_peak": peak,
+        "fp32_ceiling_ratio": fp32_ceiling,
         "first_pass_s": {side: first[side]["seconds"] for side in sides},
         "agreement": agree,
         "max_score_difference": score_diff,

@@ -99,8 +99,8 @@ def pretrain(args: argparse.Namespace) -> None:
             lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", out, "--overwrite", *sets([f"train.max_minutes={args.minutes}", *(args.set or [])]))
             if args.tag:
                 (out / "protocol.json").write_text(json.dumps({"config": str(PRETRAIN_CONFIG.relative_to(ROOT)), "set": args.set}) + "\n")
-        if args.tag and (model_sets := [s for s in args.set if s.startswith("model.")]):
-            random_init(RESULTS / f"random-init+{args.tag}", model_sets)  # another architecture: its own baseline
+        if args.tag and (model_sets := [s for s in args.set if s.startswith(("model.", "tokenizer."))]):
+            random_init(RESULTS / f"random-init+{args.tag}", model_sets)  # another architecture or vocabulary: its own baseline
         return
     if not (PRETRAINED / "final").is_dir():
         lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", PRETRAINED, "--overwrite")

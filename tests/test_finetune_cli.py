@@ -92,17 +92,19 @@ def test_finetune_then_eval_a_learnable_task(tmp_path, runner, pretrained):
     assert [r["label"] for r in rows] == [classify(t)[0]["label"] for t in texts] == ["negative", "positive", "negative"]
     assert all(abs(sum(r["scores"].values()) - 1) < 1e-5 for r in rows)
 
-    # --precision int8 (int8 linear layers) keeps the accuracy and nearly every label of fp32
+    # predict's default precision is eval's (auto), so it gives eval's accuracy; fp32 and int8 (int8 linear
+    # layers) keep the accuracy and nearly every label
     test = FIXTURES / "reviews" / "test.jsonl"
     gold = [json.loads(line)["label"] for line in test.read_text().splitlines()]
     labels = {}
-    for precision in ("fp32", "int8"):
+    for precision in ("auto", "fp32", "int8"):
         result = invoke(runner, "predict", run / "best", "--input", test, "--precision", precision)
         assert result.exit_code == 0, result.output
         labels[precision] = [json.loads(line)["label"] for line in result.stdout.splitlines()]
-    assert sum(a == b for a, b in zip(labels["fp32"], gold)) / len(gold) == pytest.approx(metrics["accuracy"])
-    assert sum(a == b for a, b in zip(labels["int8"], gold)) / len(gold) >= metrics["accuracy"] - 0.02
-    assert sum(a == b for a, b in zip(labels["int8"], labels["fp32"])) >= len(gold) - 3
+    assert sum(a == b for a, b in zip(labels["auto"], gold)) / len(gold) == pytest.approx(metrics["accuracy"])
+    for precision in ("fp32", "int8"):
+        assert sum(a == b for a, b in zip(labels[precision], gold)) / len(gold) >= metrics["accuracy"] - 0.02
+        assert sum(a == b for a, b in zip(labels[precision], labels["auto"])) >= len(gold) - 3
 
 
 @pytest.mark.slow
@@ -145,7 +147,7 @@ def test_a_fine_tuned_checkpoint_keeps_its_input_length_for_eval_predict_and_pip
     def eval_scores(*sets: str) -> list[list[float]]:
         out = tmp_path / f"eval{len(list(tmp_path.glob('eval*')))}"
         args = [a for s in sets for a in ("--set", s)]
-        result = invoke(runner, "eval", best, "--data", test, "--output-dir", out, *args)
+        result = invoke(runner, "eval", best, "--data", test, "--output-dir", out, "--precision", "fp32", *args)
         assert result.exit_code == 0, result.output
         return [json.loads(line)["scores"] for line in (out / "predictions.jsonl").read_text().splitlines()]
 
@@ -154,7 +156,7 @@ def test_a_fine_tuned_checkpoint_keeps_its_input_length_for_eval_predict_and_pip
     assert own != eval_scores("data.max_length=32")  # longer inputs do change the scores
 
     texts = [json.loads(line)["text"] for line in test.read_text().splitlines()[:5]]
-    result = invoke(runner, "predict", best, *texts, "--all-scores")
+    result = invoke(runner, "predict", best, *texts, "--all-scores", "--precision", "fp32")  # the pipeline's
     assert result.exit_code == 0, result.output
     predicted = [json.loads(line)["scores"] for line in result.stdout.splitlines()]
     classify = pipeline("text-classification", model=str(best), device="cpu", top_k=None)
@@ -383,11 +385,15 @@ def test_max_windows_reads_what_lies_past_max_length(tmp_path, runner, pretraine
     assert own["max_windows"] == 4 and own["accuracy"] >= 0.9
     assert checkpoint_eval("data.max_windows=1")["accuracy"] < 0.7
 
-    # predict gives the scores eval gave, text by text
+    # predict gives the scores eval gave, text by text (both in fp32, so to 1e-5 whatever the batching)
+    out = tmp_path / "eval-fp32"
+    result = invoke(runner, "eval", windowed / "best", "--data", folder / "test.jsonl", "--output-dir", out, "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.json").read_text())["precision"] == "fp32"
     texts = [json.loads(line)["text"] for line in (folder / "test.jsonl").read_text().splitlines()[:8]]
-    result = invoke(runner, "predict", windowed / "best", *texts, "--all-scores")
+    result = invoke(runner, "predict", windowed / "best", *texts, "--all-scores", "--precision", "fp32")
     assert result.exit_code == 0, result.output
     predicted = [json.loads(line)["scores"] for line in result.stdout.splitlines()]
-    evaluated = [json.loads(line)["scores"] for line in (windowed / "eval-test" / "predictions.jsonl").read_text().splitlines()[:8]]
+    evaluated = [json.loads(line)["scores"] for line in (out / "predictions.jsonl").read_text().splitlines()[:8]]
     for p, e in zip(predicted, evaluated):
         assert p == pytest.approx(e, abs=1e-5)

@@ -181,6 +181,36 @@ def test_bf16_autocast_close_to_fp32(single):
     assert next(model.parameters()).dtype == torch.float32  # autocast leaves the weights alone
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_cli_auto_precision_is_bf16_only_where_the_cpu_computes_it(single, single_dir, runner, monkeypatch, native_bf16):
+    """`lmtune predict` with no --precision autocasts to bf16 on a CPU with native bf16, as training
+    does, and stays fp32 elsewhere (where bf16 would be emulated and slow)."""
+    from lmtune import devices
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native_bf16)
+    model, tok, info = single
+    result = invoke(runner, "predict", single_dir, *TEXTS, "--all-scores", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    got = [json.loads(line)["scores"]["pos"] for line in result.stdout.splitlines()]
+    fp32 = [r["scores"]["pos"] for r in predict(model, tok, info, TEXTS, all_scores=True)]
+    bf16 = [r["scores"]["pos"] for r in predict(model, tok, info, TEXTS, all_scores=True, precision="bf16")]
+    assert bf16 != pytest.approx(fp32, abs=1e-6)  # the two precisions are told apart
+    assert got == pytest.approx(bf16 if native_bf16 else fp32, abs=1e-6)
+
+
+def test_bf16_computes_the_last_layer_in_fp32(tmp_path, tokenizer):
+    """Under autocast the encoder runs in bf16 but the head does not: a regression output keeps fp32's
+    resolution instead of landing on bf16's grid of 3 significant digits."""
+    path = _save_classifier(tmp_path / "reg", tokenizer, num_labels=1, problem_type=REGRESSION)
+    model, tok, info = load_classifier(str(path), CPU)
+    scores = torch.tensor([r["score"] for r in predict(model, tok, info, TEXTS, precision="bf16")])
+    on_bf16_grid = scores == scores.to(torch.bfloat16).float()
+    assert on_bf16_grid.sum() <= 1  # a bf16 head would put every one of the 10 on the grid
+    fp32 = torch.tensor([r["score"] for r in predict(model, tok, info, TEXTS)])
+    assert scores.tolist() == pytest.approx(fp32.tolist(), abs=0.05)
+    assert "forward" not in vars(model.classifier)  # the head is itself again afterwards
+
+
 def test_int8_quantises_the_encoder_and_stays_close_to_fp32(single):
     from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
 
@@ -208,7 +238,7 @@ def test_int8_refuses_a_model_off_the_cpu(single):
 def test_cli_precision_is_checked(single_dir, runner):
     result = invoke(runner, "predict", single_dir, "a text", "--precision", "fp8")
     assert result.exit_code == 2
-    assert "--precision fp8 is not one of fp32 | bf16 | fp16 | int8" in result.output
+    assert "--precision fp8 is not one of auto | fp32 | bf16 | fp16 | int8" in result.output
     result = invoke(runner, "predict", single_dir, "a text", "bad", "--precision", "int8")
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["text"] for line in result.stdout.splitlines()] == ["a text", "bad"]

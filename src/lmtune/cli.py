@@ -223,6 +223,7 @@ def eval_(
     set_: SetOption = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Where results go (default: <checkpoint>/../eval-<data>/).")] = None,
     device: DeviceOption = None,
+    precision: PrecisionOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Measure a classifier on labelled data, or a masked LM on text (perplexity)."""
@@ -235,7 +236,7 @@ def eval_(
         from lmtune.config import apply_override, resolve_paths
         from lmtune.stages.evaluate import evaluate, resolve_checkpoint
 
-        values = _flag_values(None, device, None)
+        values = _flag_values(None, device, precision)
         if target.is_file():
             cfg = load_config(target, set_ or [], values=values)
             base = Path(cfg.output_dir) if cfg.output_dir else None
@@ -278,10 +279,11 @@ def predict(
         str,
         typer.Option(
             "--precision",
-            help="fp32 | bf16 | fp16 (autocast) | int8 (CPU: int8 weights in the encoder's linear layers, "
-            "faster, labels may differ from fp32's on close calls; see docs/PERFORMANCE.md).",
+            help="auto (bf16 autocast where the CPU or GPU computes bf16 natively, else fp32) | fp32 | bf16 | "
+            "fp16 (autocast) | int8 (CPU: int8 weights in the encoder's linear layers). Anything but fp32 is "
+            "faster, and a close call can come out the other way; see docs/PERFORMANCE.md.",
         ),
-    ] = "fp32",
+    ] = "auto",
 ) -> None:
     """Classify texts with a fine-tuned checkpoint; prints one JSON object per text."""
     import json
@@ -308,7 +310,8 @@ def predict(
         if precision == "int8":
             model = quantize_int8(model)
         results = run_predict(
-            model, tokenizer, info, items, batch_size=batch_size, all_scores=all_scores, device=placement.device, precision=compute
+            model, tokenizer, info, items, batch_size=batch_size, all_scores=all_scores, device=placement.device,
+            precision=placement.precision,
         )
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
         if output is None:

@@ -10,7 +10,8 @@ the tokens), which skips most of the head's cost.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -323,7 +324,8 @@ def classifier_outputs(model: PreTrainedModel, batches: Iterable[dict[str, torch
     outputs = []
     for batch in batches:
         inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs).logits.float()
+        with head_in_fp32(model):
+            logits = model(**inputs).logits.float()
         if problem == "multi_label_classification":
             scores = torch.sigmoid(logits)
         elif problem == "regression" or model.config.num_labels == 1:
@@ -332,3 +334,26 @@ def classifier_outputs(model: PreTrainedModel, batches: Iterable[dict[str, torch
             scores = torch.softmax(logits, dim=-1)
         outputs.append(scores.cpu().numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0,))
+
+
+@contextmanager
+def head_in_fp32(model: PreTrainedModel) -> Iterator[None]:
+    """Under bf16/fp16 autocast, compute the last layer (`classifier`, or `score`) in fp32: the encoder
+    keeps the speed of autocast, and the outputs keep fp32's resolution instead of bf16's 3
+    significant digits (a regression value, a close pair of logits). Nothing changes outside autocast."""
+    head = getattr(model, "classifier", None) or getattr(model, "score", None)
+    device_type = next(model.parameters()).device.type
+    if not isinstance(head, torch.nn.Module) or "forward" in vars(head) or not torch.is_autocast_enabled(device_type):
+        yield
+        return
+    forward = head.forward
+
+    def fp32_forward(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type, enabled=False):
+            return forward(*(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args), **kwargs)
+
+    head.forward = fp32_forward
+    try:
+        yield
+    finally:
+        del head.forward  # back to the class's own forward

@@ -89,7 +89,7 @@ def evaluate(
 
     if not data_files:
         raise ConfigError("nothing to evaluate on: pass --data FILE (or set data.test in the config)")
-    placement = devices.resolve(cfg.device, "fp32" if cfg.precision == "auto" else cfg.precision)
+    placement = devices.resolve(cfg.device, cfg.precision)
     remote = cfg.model.trust_remote_code
     tokenizer = load_checkpoint_tokenizer(str(checkpoint), remote)
     model_config = checkpoint_config(str(checkpoint), remote)
@@ -137,7 +137,7 @@ def evaluate(
         kind = "masked-lm"
     if kind == "classifier":
         results = {"max_length": length, "max_windows": windows, **results}
-    results = {"checkpoint": str(checkpoint), "data": data_files, "kind": kind, **results}
+    results = {"checkpoint": str(checkpoint), "data": data_files, "kind": kind, "precision": placement.precision, **results}
     (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     return EvalResult(out, kind, results)
 

@@ -28,7 +28,7 @@ SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
 REGRESSION = "regression"
 PROBLEM_TYPES = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # lmtune predict --precision
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # lmtune predict --precision
 
 INPUT_SUFFIXES = (".txt", ".jsonl", ".csv", ".tsv")
 MULTI_LABEL_THRESHOLD = 0.5  # a label applies when its sigmoid probability reaches this
