@@ -322,17 +322,17 @@ def classifier_outputs(model: PreTrainedModel, batches: Iterable[dict[str, torch
     probabilities (multi-label) or the raw value (regression). Call under inference mode."""
     problem = model.config.problem_type
     outputs = []
-    for batch in batches:
-        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-        with head_in_fp32(model):
+    with head_in_fp32(model):
+        for batch in batches:
+            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
             logits = model(**inputs).logits.float()
-        if problem == "multi_label_classification":
-            scores = torch.sigmoid(logits)
-        elif problem == "regression" or model.config.num_labels == 1:
-            scores = logits.squeeze(-1)
-        else:
-            scores = torch.softmax(logits, dim=-1)
-        outputs.append(scores.cpu().numpy())
+            if problem == "multi_label_classification":
+                scores = torch.sigmoid(logits)
+            elif problem == "regression" or model.config.num_labels == 1:
+                scores = logits.squeeze(-1)
+            else:
+                scores = torch.softmax(logits, dim=-1)
+            outputs.append(scores.cpu().numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0,))
 
 
