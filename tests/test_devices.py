@@ -7,7 +7,7 @@ import torch
 
 from lmtune import devices
 from lmtune.devices import Placement, resolve
-from lmtune.errors import DeviceError
+from lmtune.errors import ConfigError, DeviceError
 
 
 class FakeMachine:
@@ -183,7 +183,22 @@ def test_bf16_on_a_cpu_that_emulates_it_warns_in_the_reason(machine):
     assert p.precision == "bf16"
     assert "emulated" in p.reason and "slower than fp32" in p.reason
     machine.cpu_bf16 = True
-    assert "emulates" not in resolve("cpu", "bf16").reason
+    assert "emulated" not in resolve("cpu", "bf16").reason
+
+
+def test_on_device_checks_a_precision_for_a_device_already_chosen(machine):
+    """`lmtune.stages.predict.predict` takes a loaded model's device and a precision name."""
+    cpu = torch.device("cpu")
+    assert devices.on_device(cpu, "fp32").autocast_dtype is None
+    assert "emulated" in devices.on_device(cpu, "bf16").reason
+    with pytest.raises(DeviceError, match="fp16"):
+        devices.on_device(cpu, "fp16")
+    with pytest.raises(ConfigError, match="precision='int8'"):
+        devices.on_device(cpu, "int8")
+    machine.gpus = [AMPERE, TURING]
+    assert devices.on_device(torch.device("cuda", 0), "bf16").autocast_dtype == torch.bfloat16
+    with pytest.raises(DeviceError, match="Tesla T4"):
+        devices.on_device(torch.device("cuda", 1), "bf16")
 
 
 def test_explicit_cpu_ignores_an_available_gpu(machine):

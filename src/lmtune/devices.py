@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lmtune.errors import DeviceError
+from lmtune.errors import ConfigError, DeviceError
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -111,18 +111,36 @@ def resolve(device: str = "auto", precision: str = "auto") -> Placement:
         if cpu_has_native_bf16():
             return Placement(dev, "bf16", f"{why}; the CPU has native bf16 instructions, so bf16 autocast")
         return Placement(dev, "fp32", f"{why}; the CPU lacks native bf16, so fp32")
+    note = check_precision(dev, precision)
+    where = "device requested" if why == "requested" else why
+    return Placement(dev, precision, f"{where}; precision {precision} requested{note}")
+
+
+def on_device(device: torch.device, precision: str) -> Placement:
+    """The placement for an explicit precision on a device already chosen (a loaded model's)."""
+    return Placement(device, precision, f"{device}; precision {precision} requested{check_precision(device, precision)}")
+
+
+def check_precision(device: torch.device, precision: str) -> str:
+    """Refuse an explicit precision `device` cannot compute in; returns a warning note ("" if none).
+
+    Raises:
+        ConfigError: not a precision.
+        DeviceError: fp16 on the CPU, or bf16 on a GPU without it.
+    """
+    if precision not in _DTYPES:
+        raise ConfigError(f"precision={precision!r} is not one of {', '.join(_DTYPES)}")
+    kind = device.type
     if precision == "fp16" and kind == "cpu":
         raise DeviceError(
             "precision='fp16' is not supported on the CPU: use --precision bf16 (or fp32), or a CUDA device"
         )
-    if precision == "bf16" and kind == "cuda" and not cuda_supports_bf16(dev):
-        name = torch.cuda.get_device_name(dev)
+    if precision == "bf16" and kind == "cuda" and not cuda_supports_bf16(device):
+        name = torch.cuda.get_device_name(device)
         raise DeviceError(f"precision='bf16' but {name} does not support bf16: use --precision fp16 or fp32")
-    note = ""
     if precision == "bf16" and kind == "cpu" and not cpu_has_native_bf16():
-        note = (
+        return (
             " (this CPU has no native bf16 instructions, so bf16 matrix multiplies are emulated: "
             "a matrix multiply measured over 100x slower than fp32 on an AVX2 CPU, see docs/PERFORMANCE.md; use fp32 or auto)"
         )
-    where = "device requested" if why == "requested" else why
-    return Placement(dev, precision, f"{where}; precision {precision} requested{note}")
+    return ""

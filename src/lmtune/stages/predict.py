@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from lmtune import devices
 from lmtune.data import check_text_file, encode_rows
 from lmtune.errors import ConfigError, DataError, DeviceError
 from lmtune.modeling import checkpoint_max_length, checkpoint_max_windows, is_classifier_checkpoint
@@ -322,22 +323,13 @@ def predict(
     if max_windows is not None and max_windows < 1:
         raise ConfigError(f"max_windows={max_windows} must be at least 1")
     device = device or next(model.parameters()).device
-    autocast = _autocast(device, precision)
+    autocast = devices.on_device(device, precision).autocast()
     # one tokenization, batches of similar length (the same path as lmtune eval), input order restored
     encoded = encode_rows(tokenizer, texts, None, max_length or info.max_length, max_windows=max_windows or info.max_windows)
     model.eval()
     with torch.inference_mode(), autocast:
         scores = predict_scores(model, encoded, tokenizer.pad_token_id, batch_size, device)
     return [{"text": text, **result} for text, result in zip(texts, _results(info, scores, all_scores))]
-
-
-def _autocast(device: torch.device, precision: str) -> torch.autocast:
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise ConfigError(f"precision={precision!r} is not one of {', '.join(dtypes)}")
-    if precision == "fp16" and device.type == "cpu":
-        raise DeviceError("precision='fp16' is not supported on the CPU: use bf16 or fp32, or a CUDA device")
-    return torch.autocast(device.type, dtype=dtypes[precision], enabled=precision != "fp32")
 
 
 def _results(info: ClassifierInfo, scores: np.ndarray, all_scores: bool) -> list[dict]:
