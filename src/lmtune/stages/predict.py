@@ -314,7 +314,7 @@ def predict(
 
     Raises:
         ConfigError: a bad batch_size, max_length, max_windows or precision.
-        DeviceError: fp16 requested on the CPU.
+        DeviceError: fp16 on the CPU, or bf16 on a GPU without it (`devices.check_precision`).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be at least 1")
