@@ -1,5 +1,6 @@
 """Regenerate docs/RESULTS.md's main table: each task x {TF-IDF, no pretraining, lmtune pretrained for
-a CPU budget, MiniLM}, test accuracy and macro-F1 as the mean and spread over fine-tuning seeds.
+a CPU budget, MiniLM}, test accuracy and macro-F1 as the mean and spread over fine-tuning seeds, beside each run's best
+validation macro-F1.
 
 Every number comes from a run this script starts (or finds finished) under runs/results/; nothing is
 typed in by hand. Steps, in the order they depend on each other:
@@ -173,7 +174,7 @@ def collect() -> list[dict]:
             b = tfidf[task]
             rows.append({"task": task, "model": "tfidf", "what": "TF-IDF + logistic regression", "seeds": [],
                          "accuracy": [b["test_accuracy"]], "f1_macro": [b["test_f1_macro"]], "steps": None,
-                         "minutes": None})  # baseline.py's own timing: it may have shared the CPU
+                         "minutes": None, "validation_f1_macro": b.get("validation_f1_macro")})  # baseline.py's own timing: it may have shared the CPU
         variants = sorted(p.name for p in (RESULTS / task).glob("*@*") if p.is_dir())
         for model, (checkpoint, _, what) in MODELS.items():
             if (checkpoint / "snapshot.json").is_file():  # the nearest checkpoint's real step and time
@@ -192,13 +193,18 @@ def _model_row(task: str, variant: str, what: str) -> dict | None:
         return None
     tag = variant.partition("@")[2]
     metrics = [json.loads(p.read_text()) for p in runs]
-    train = [r for p in runs for r in read_metrics(p.parent.parent / "metrics.jsonl") if r["type"] == "train"]
+    records = [read_metrics(p.parent.parent / "metrics.jsonl") for p in runs]
+    train = [r for seed in records for r in seed if r["type"] == "train"]
+    # each seed's best validation macro-F1 (what picked its best/ checkpoint), averaged over seeds
+    best_val = [max((r["eval_f1_macro"] for r in seed if r["type"] == "eval" and "eval_f1_macro" in r), default=None)
+                for seed in records]
     return {
         "task": task, "model": variant, "what": f"{what} ({tag})" if tag else what,
         "seeds": [int(p.parent.parent.name.removeprefix("seed-")) for p in runs],
         "accuracy": [m["accuracy"] for m in metrics], "f1_macro": [m["f1_macro"] for m in metrics],
         "steps": max((r["step"] for r in train), default=None),
         "minutes": statistics.mean(_wall_s(p.parent.parent) for p in runs) / 60,
+        "validation_f1_macro": None if None in best_val else statistics.mean(best_val),
     }
 
 
@@ -214,13 +220,15 @@ def _fmt(values: list[float]) -> str:
 
 def table(args: argparse.Namespace) -> None:
     rows = collect()
-    print("| task | model | seeds | fine-tuning steps | minutes per run | test accuracy | test macro-F1 |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    print("| task | model | seeds | fine-tuning steps | minutes per run | test accuracy | test macro-F1 "
+          "| best validation macro-F1 (mean) |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         seeds = ", ".join(map(str, r["seeds"])) or "-"
         steps = "" if r["steps"] is None else f"{r['steps']:,}"
         minutes = "" if r["minutes"] is None else f"{r['minutes']:.1f}"
-        print(f"| {r['task']} | {r['what']} | {seeds} | {steps} | {minutes} | {_fmt(r['accuracy'])} | {_fmt(r['f1_macro'])} |")
+        val = "" if r["validation_f1_macro"] is None else f"{r['validation_f1_macro']:.4f}"
+        print(f"| {r['task']} | {r['what']} | {seeds} | {steps} | {minutes} | {_fmt(r['accuracy'])} | {_fmt(r['f1_macro'])} | {val} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     print("\n(mean ± sample standard deviation over the listed fine-tuning seeds)")
