@@ -1,6 +1,6 @@
 """Regenerate docs/RESULTS.md's main table: each task x {TF-IDF, no pretraining, lmtune pretrained for
-a CPU budget, MiniLM}, test accuracy and macro-F1 as the mean and spread over fine-tuning seeds, beside each run's best
-validation macro-F1.
+a CPU budget, MiniLM}, test accuracy and macro-F1 as the mean and spread over fine-tuning seeds,
+beside the best validation macro-F1 (each seed's best evaluation, averaged).
 
 Every number comes from a run this script starts (or finds finished) under runs/results/; nothing is
 typed in by hand. Steps, in the order they depend on each other:
