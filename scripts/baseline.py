@@ -5,6 +5,8 @@ regularisation strength C on validation (macro-F1), refits on train and reports 
 macro-F1. Every number lmtune reports for a task should stand beside this one, on the same split.
 
     .venv/bin/python scripts/baseline.py data/tweets data/bbc-news data/spam [--json results.json]
+        [--predictions DIR]   # DIR/TASK.jsonl: text, gold, predicted for each test row, in order, as
+                              # `lmtune eval` writes them (scripts/results.py paired compares the two)
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def build(c: float, class_weight: str | None):
     )
 
 
-def run(folder: Path, class_weight: str | None) -> dict:
+def run(folder: Path, class_weight: str | None, predictions: Path | None = None) -> dict:
     start = time.perf_counter()
     x_train, y_train = read_split(folder, "train")
     x_val, y_val = read_split(folder, "validation")
@@ -51,6 +53,11 @@ def run(folder: Path, class_weight: str | None) -> dict:
     best_c = max(scores, key=scores.get)
     model = build(best_c, class_weight).fit(x_train, y_train)
     predicted = model.predict(x_test)
+    if predictions:
+        predictions.mkdir(parents=True, exist_ok=True)
+        with open(predictions / f"{folder.name}.jsonl", "w", encoding="utf-8") as out:
+            for text, gold, guess in zip(x_test, y_test, predicted):
+                out.write(json.dumps({"text": text, "gold": gold, "predicted": str(guess)}, ensure_ascii=False) + "\n")
     return {
         "task": folder.name,
         "model": "tfidf-1-2gram + logistic regression",
@@ -70,9 +77,10 @@ def main() -> None:
     parser.add_argument("folders", nargs="+", type=Path, help="task dirs holding train/validation/test.jsonl")
     parser.add_argument("--class-weight", choices=["balanced", "none"], default="balanced", help="logistic-regression class weights")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--predictions", type=Path, help="also write each task's test predictions to DIR/TASK.jsonl")
     args = parser.parse_args()
     weight = None if args.class_weight == "none" else args.class_weight
-    results = [run(folder, weight) for folder in args.folders]
+    results = [run(folder, weight, args.predictions) for folder in args.folders]
     print(f"{'task':<12} {'C':>5} {'test acc':>9} {'macro-F1':>9} {'train':>7} {'test':>6}")
     for r in results:
         print(f"{r['task']:<12} {r['C']:>5g} {r['test_accuracy']:>9.4f} {r['test_f1_macro']:>9.4f} {r['n_train']:>7} {r['n_test']:>6}")

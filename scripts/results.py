@@ -18,6 +18,11 @@ typed in by hand. Steps, in the order they depend on each other:
                                                      # 30 minutes, as loadable model dirs
     python scripts/results.py finetune --tasks tweets --models random lmtune-60 --seeds 0 1 2
     python scripts/results.py table                  # prints the Markdown table (--json FILE too)
+    python scripts/results.py paired --tasks spam --models lmtune-60
+                                                     # each seed against TF-IDF on the same test texts:
+                                                     # how many each gets right that the other misses,
+                                                     # and the exact McNemar p-value (needs
+                                                     # scripts/baseline.py --predictions runs/baseline-predictions)
 
 A finished fine-tuning run (its eval-test/metrics.json exists) is not run again. Needs
 scripts/fetch_data.py all, and runs/baselines.json from scripts/baseline.py for the TF-IDF rows.
@@ -34,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+from scipy.stats import binomtest
+
 from lmtune.runs import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +49,7 @@ PRETRAIN_CONFIG = ROOT / "configs" / "pretrain" / "cpu-hour.yaml"
 PRETRAINED = ROOT / "runs" / "cpu-hour"
 TASKS = ("tweets", "tweets-2k", "bbc-news", "spam")
 SNAPSHOT_MINUTES = (15, 30)
+BASELINE_PREDICTIONS = ROOT / "runs" / "baseline-predictions"  # scripts/baseline.py --predictions
 
 
 def shorter_run(minutes: int) -> Path:
@@ -234,6 +242,48 @@ def table(args: argparse.Namespace) -> None:
     print("\n(mean ± sample standard deviation over the listed fine-tuning seeds)")
 
 
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value for two classifiers on the same texts, from the texts exactly one
+    of them gets right: a binomial test of that split against a fair coin."""
+    n = only_first + only_second
+    return 1.0 if n == 0 else float(binomtest(only_first, n, 0.5).pvalue)
+
+
+def _predictions(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def paired(args: argparse.Namespace) -> None:
+    """Each finished seed of each model against TF-IDF, text by text on the task's test split."""
+    rows = []
+    for task in args.tasks:  # everything is read and checked before the table starts
+        reference = BASELINE_PREDICTIONS / f"{task}.jsonl"
+        if not reference.is_file():
+            sys.exit(f"error: {reference} is missing: run scripts/baseline.py data/{task} --predictions {BASELINE_PREDICTIONS}")
+        tfidf = _predictions(reference)
+        for variant in args.models:
+            runs = sorted((RESULTS / task / variant).glob("seed-*/eval-test/predictions.jsonl"))
+            if not runs:
+                sys.exit(f"error: no finished run of {variant} on {task} under {RESULTS / task}")
+            for path in runs:
+                ours = _predictions(path)
+                if [(r["text"], str(r["gold"])) for r in ours] != [(r["text"], str(r["gold"])) for r in tfidf]:
+                    sys.exit(f"error: {path} and {reference} do not hold the same test texts in the same order")
+                right = [(str(o["predicted"]) == str(o["gold"]), t["predicted"] == t["gold"]) for o, t in zip(ours, tfidf)]
+                only_ours = sum(a and not b for a, b in right)
+                only_tfidf = sum(b and not a for a, b in right)
+                p = mcnemar_exact(only_ours, only_tfidf)
+                seed = path.parent.parent.name.removeprefix("seed-")
+                shown = f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+                rows.append(f"| {task} | {variant} | {seed} | {len(right)} | {only_ours} | {only_tfidf} | {shown} |")
+    print("| task | model | seed | test texts | right where TF-IDF is wrong | wrong where TF-IDF is right "
+          "| exact McNemar p |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("\n".join(rows))
+    print("\n(p: the chance of a split at least this uneven between the two columns if neither model were the better)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -250,8 +300,11 @@ def main() -> None:
     ft.add_argument("--tag", help="a variant of the protocol (with its --set): runs go to MODEL@TAG, a row of its own")
     tb = sub.add_parser("table", help="print the Markdown table of every finished run")
     tb.add_argument("--json", help="also write the rows as JSON here")
+    pd = sub.add_parser("paired", help="each seed against TF-IDF on the same test texts, with the exact McNemar p-value")
+    pd.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    pd.add_argument("--models", nargs="+", required=True, help="runs under runs/results/TASK/: MODEL or MODEL@TAG")
     args = parser.parse_args()
-    {"pretrain": pretrain, "snapshots": snapshots, "finetune": finetune, "table": table}[args.command](args)
+    {"pretrain": pretrain, "snapshots": snapshots, "finetune": finetune, "table": table, "paired": paired}[args.command](args)
 
 
 if __name__ == "__main__":

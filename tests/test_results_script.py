@@ -1,0 +1,107 @@
+"""scripts/baseline.py --predictions and scripts/results.py paired: TF-IDF's test predictions written in
+`lmtune eval`'s layout, and the text-by-text comparison of a model's seeds against them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REVIEWS = Path(__file__).parent / "fixtures" / "reviews"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+results = _load("results")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tfidf(tmp_path_factory) -> tuple[Path, dict]:
+    """baseline.py on the reviews fixture: its predictions dir and its --json result."""
+    out = tmp_path_factory.mktemp("baseline")
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "baseline.py"), str(REVIEWS), "--json", str(out / "results.json"),
+         "--predictions", str(out / "predictions")],
+        check=True, capture_output=True,
+    )
+    return out / "predictions", json.loads((out / "results.json").read_text())[0]
+
+
+def test_baseline_predictions_follow_the_test_split_and_its_scores(tfidf):
+    predictions_dir, result = tfidf
+    rows = read_jsonl(predictions_dir / "reviews.jsonl")
+    test = read_jsonl(REVIEWS / "test.jsonl")
+    assert [(r["text"], r["gold"]) for r in rows] == [(t["text"], t["label"]) for t in test]
+    accuracy = sum(r["predicted"] == r["gold"] for r in rows) / len(rows)
+    assert accuracy == pytest.approx(result["test_accuracy"])
+    assert accuracy > 0.7  # the fixture's sentiment words are easy for bag-of-words
+
+
+def test_mcnemar_exact():
+    assert results.mcnemar_exact(0, 0) == 1.0
+    assert results.mcnemar_exact(3, 3) == 1.0
+    assert results.mcnemar_exact(0, 6) == pytest.approx(2 * 0.5**6)
+    assert results.mcnemar_exact(6, 0) == results.mcnemar_exact(0, 6)
+    assert results.mcnemar_exact(2, 10) == pytest.approx(0.03857421875)  # 2 * P(X <= 2), X ~ Binomial(12, 1/2)
+
+
+def _write_run(root: Path, seed: int, rows: list[dict]) -> Path:
+    path = root / "reviews" / "model" / f"seed-{seed}" / "eval-test" / "predictions.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_paired_counts_each_side_per_seed(tfidf, tmp_path, monkeypatch, capsys):
+    reference = read_jsonl(tfidf[0] / "reviews.jsonl")
+    labels = sorted({r["gold"] for r in reference})
+    wrong_label = {label: next(x for x in labels if x != label) for label in labels}
+    for r in reference[:3]:  # bag-of-words reads the fixture perfectly: make it miss three texts
+        r["predicted"] = wrong_label[r["gold"]]
+    predictions_dir = tmp_path / "baseline"
+    predictions_dir.mkdir()
+    (predictions_dir / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reference), encoding="utf-8")
+    tfidf_right = [i for i, r in enumerate(reference) if r["predicted"] == r["gold"]]
+    tfidf_wrong = [i for i, r in enumerate(reference) if r["predicted"] != r["gold"]]
+    assert len(tfidf_right) >= 5 and len(tfidf_wrong) == 3
+    # seed 0: right on every text TF-IDF misses, wrong on 5 it gets right; seed 1: TF-IDF's own answers
+    seed0 = [dict(r, predicted=r["gold"]) for r in reference]
+    for i in tfidf_right[:5]:
+        seed0[i]["predicted"] = wrong_label[seed0[i]["gold"]]
+    results_root = tmp_path / "results"
+    _write_run(results_root, 0, seed0)
+    _write_run(results_root, 1, reference)
+    monkeypatch.setattr(results, "RESULTS", results_root)
+    monkeypatch.setattr(results, "BASELINE_PREDICTIONS", predictions_dir)
+    monkeypatch.setattr(results, "TASKS", ("reviews",))
+    results.paired(type("Args", (), {"tasks": ["reviews"], "models": ["model"]})())
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| reviews")]
+    n, only_ours = len(reference), len(tfidf_wrong)
+    assert lines == [
+        f"| reviews | model | 0 | {n} | {only_ours} | 5 | {results.mcnemar_exact(only_ours, 5):.3f} |",
+        f"| reviews | model | 1 | {n} | 0 | 0 | 1.000 |",
+    ]
+
+
+def test_paired_refuses_predictions_of_other_texts(tfidf, tmp_path, monkeypatch):
+    predictions_dir, _ = tfidf
+    reference = read_jsonl(predictions_dir / "reviews.jsonl")
+    _write_run(tmp_path / "results", 0, list(reversed(reference)))
+    monkeypatch.setattr(results, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(results, "BASELINE_PREDICTIONS", predictions_dir)
+    with pytest.raises(SystemExit, match="do not hold the same test texts"):
+        results.paired(type("Args", (), {"tasks": ["reviews"], "models": ["model"]})())
