@@ -262,13 +262,14 @@ def paired(args: argparse.Namespace) -> None:
         if not reference.is_file():
             sys.exit(f"error: {reference} is missing: run scripts/baseline.py data/{task} --predictions {BASELINE_PREDICTIONS}")
         tfidf = _predictions(reference)
+        texts = [(r["text"], str(r["gold"])) for r in tfidf]
         for variant in args.models:
             runs = sorted((RESULTS / task / variant).glob("seed-*/eval-test/predictions.jsonl"))
             if not runs:
                 sys.exit(f"error: no finished run of {variant} on {task} under {RESULTS / task}")
             for path in runs:
                 ours = _predictions(path)
-                if [(r["text"], str(r["gold"])) for r in ours] != [(r["text"], str(r["gold"])) for r in tfidf]:
+                if [(r["text"], str(r["gold"])) for r in ours] != texts:
                     sys.exit(f"error: {path} and {reference} do not hold the same test texts in the same order")
                 right = [(str(o["predicted"]) == str(o["gold"]), t["predicted"] == t["gold"]) for o, t in zip(ours, tfidf)]
                 only_ours = sum(a and not b for a, b in right)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,6 +25,19 @@ from lmtune.cli import app  # noqa: E402
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).parent.parent
 SOUNDS = {"moo", "woof", "meow", "quack", "baa", "hoot", "roar", "buzz"}
+
+
+def load_script(name: str):
+    """scripts/NAME.py as a module, registered under NAME (dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.fixture

@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
 import json
 import struct
 import subprocess
-import sys
 import tarfile
 import zipfile
 import zlib
@@ -17,24 +15,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import load_script, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 FETCH = Path(__file__).parent / "fixtures" / "fetch"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("fetch_data", REPO / "scripts" / "fetch_data.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fetch_data"] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
-
-
-fd = _load_script()
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+fd = load_script("fetch_data")
 
 
 def by_id(rows: list[dict]) -> dict[str, dict]:

@@ -3,30 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, load_script, read_jsonl
 
-REPO = Path(__file__).resolve().parents[1]
 REVIEWS = Path(__file__).parent / "fixtures" / "reviews"
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-results = _load("results")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+results = load_script("results")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +74,6 @@ def test_paired_counts_each_side_per_seed(tfidf, tmp_path, monkeypatch, capsys):
     _write_run(results_root, 1, reference)
     monkeypatch.setattr(results, "RESULTS", results_root)
     monkeypatch.setattr(results, "BASELINE_PREDICTIONS", predictions_dir)
-    monkeypatch.setattr(results, "TASKS", ("reviews",))
     results.paired(type("Args", (), {"tasks": ["reviews"], "models": ["model"]})())
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| reviews")]
     n, only_ours = len(reference), len(tfidf_wrong)
