@@ -55,7 +55,8 @@ bf16 is emulated and far slower: the `levers` benchmark measures it).
   (default data/corpus, 22 MB: `scripts/fetch_data.py corpus`).
 * levers: lmtune's pretraining step as shipped against the same step with one change (`--levers`:
   SDPA or eager attention, foreach or for-loop AdamW, 1 thread, torch.compile of the encoder, dropout 0.1, the
-  head on every position, bf16/fp32), alternating, with the final losses side by side.
+  head on every position, blocks of half the length in batches twice the size, bf16/fp32), alternating, with
+  the final losses side by side.
 
 `--data` picks the finetune/predict texts: the bundled Moby-Dick sentences (default) or the train split
 of a task fetched by `scripts/fetch_data.py` (tweets, bbc-news, spam) with its own labels.
@@ -515,7 +516,8 @@ def full_head_loss(model, batch):
 def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path, variant: dict | None = None) -> dict:
     """lmtune's pretraining step as `lmtune pretrain` runs it; `variant` changes one lever (for --what levers):
     attention (eager | sdpa), optimizer (fused | foreach | loop AdamW), threads, compile (the encoder),
-    dropout, full_head (the head on every position), precision."""
+    dropout, full_head (the head on every position), precision, half_blocks (each block cut in two and
+    twice the batch size: the same tokens a step, as the first phase of a short-then-long curriculum)."""
     from lmtune import data, devices, engine, runs
     from lmtune.modeling import build_mlm, check_compatible, mlm_loss, use_attention
 
@@ -537,6 +539,11 @@ def run_lmtune(args, cfg, placement, tokenizer, blocks, workdir: Path, variant: 
         t = t.model_copy(update={"compile": True})  # engine.train compiles the encoder, as train.compile does
     if "threads" in variant:
         t = t.model_copy(update={"num_threads": variant["threads"]})
+    if variant.get("half_blocks"):
+        if blocks.shape[1] % 2:
+            sys.exit(f"--levers half: blocks of {blocks.shape[1]} tokens do not halve; pick an even --seq-len")
+        blocks = blocks.reshape(-1, blocks.shape[1] // 2)
+        t = t.model_copy(update={"batch_size": 2 * t.batch_size})
     threads_before = torch.get_num_threads()
     build_optimizer = engine.build_optimizer
     build_optimizer_variant = None
@@ -1211,6 +1218,7 @@ LEVERS = {
     "compile": ("torch.compile on the encoder", {"compile": True}),
     "dropout": ("dropout 0.1 instead of 0", {"dropout": 0.1}),
     "fullhead": ("vocabulary head on every position", {"full_head": True}),
+    "half": ("blocks of half the length, twice as many a batch", {"half_blocks": True}),
     "bf16": ("bf16 autocast instead of fp32", {"precision": "bf16"}),
     "fp32": ("fp32 instead of bf16 autocast", {"precision": "fp32"}),
 }
