@@ -182,3 +182,65 @@ def test_a_second_ctrl_c_interrupts_at_once_and_saves_nothing(tmp_path):
         train(sigint_task(at=2, times=2), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def recording_task() -> tuple[engine.Task, list[float]]:
+    """nan_task with no bad batches that records, micro-batch by micro-batch, which batch the loss saw
+    (epoch * 8 + index + 1)."""
+    task = nan_task(set())
+    inner, seen = task.loss, []
+
+    def loss(model, batch):
+        seen.append(float(batch["x"][0, 0]))
+        return inner(model, batch)
+
+    task.loss = loss
+    return task, seen
+
+
+def test_a_batch_ramp_grows_the_step_in_equal_stages_and_wraps_epochs_whole(tmp_path):
+    """grad_accum=4 ramped over the first half of 6 steps: 1, 2, 3 micro-batches, then 4. A step the rest
+    of an epoch cannot fill starts the next epoch, as a full-size step always has."""
+    assert [engine.grad_accum_at(TrainSection(grad_accum=4, batch_ramp=0.5, max_steps=6), s / 6) for s in range(6)] == [1, 2, 3, 4, 4, 4]
+    task, seen = recording_task()
+    result = train(task, tmp_path, grad_accum=4, batch_ramp=0.5)
+    assert result.steps == 6
+    # epoch 0: 1 | 2 3 | 4 5 6, its last 2 batches too few for 4; epoch 1: 9-12 | 13-16; epoch 2: 17-20
+    assert seen == [1, 2, 3, 4, 5, 6, *range(9, 17), *range(17, 21)]
+    records = [r for r in runs.read_metrics(tmp_path / "metrics.jsonl") if r["type"] == "train"]
+    assert [r["epoch"] for r in records] == [0.125, 0.375, 0.75, 1.5, 2.0, 2.5]
+
+
+def test_a_ramped_run_resumes_bitwise_after_ctrl_c(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ramp = {"grad_accum": 4, "batch_ramp": 0.5}
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 3"):
+        train(sigint_task(at=4), tmp_path / "a", **ramp)  # micro-batch 4 is in step 3 (1 + 2 + 3)
+    checkpoint = tmp_path / "a" / "checkpoints" / "step-3"
+    assert json.loads((checkpoint / "state.json").read_text())["position"] == 6
+    resumed, seen = recording_task()
+    train(resumed, tmp_path / "a", resume_from=checkpoint, **ramp)
+    assert seen == [*range(9, 21)]  # no batch replayed, none skipped
+    straight = nan_task(set())
+    train(straight, tmp_path / "b", **ramp)
+    assert torch.equal(resumed.model.w, straight.model.w)
+
+
+def test_a_checkpoint_without_its_data_position_resumes_from_its_step(tmp_path):
+    """Checkpoints written before the batch ramp carry only the step; they resume where they stopped."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run = {"grad_accum": 2, "max_steps": 8}
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 5"):
+        train(sigint_task(at=8), tmp_path / "a", **run)
+    checkpoint = tmp_path / "a" / "checkpoints" / "step-5"
+    state = json.loads((checkpoint / "state.json").read_text())
+    assert (state.pop("epoch"), state.pop("position")) == (1, 2)  # 8 batches an epoch: steps 1-4, then 5-8
+    (checkpoint / "state.json").write_text(json.dumps(state))
+    resumed, seen = recording_task()
+    train(resumed, tmp_path / "a", resume_from=checkpoint, **run)
+    assert seen == [11, 12, 13, 14, 15, 16]
+    straight = nan_task(set())
+    train(straight, tmp_path / "b", **run)
+    assert torch.equal(resumed.model.w, straight.model.w)

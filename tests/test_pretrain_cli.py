@@ -125,6 +125,26 @@ def test_resume_reaches_bitwise_identical_weights(tmp_path, runner):
     assert steps[-1] == 8
 
 
+def test_a_batch_ramp_trains_reads_more_data_per_step_late_and_resumes_bitwise(tmp_path, runner):
+    """train.batch_ramp: the first steps take one micro-batch, the later ones train.grad_accum (the logged
+    epoch advances faster once the ramp is done), and a crash mid-ramp resumes to the same weights."""
+    train = {"batch_size": 4, "grad_accum": 3, "batch_ramp": 0.5, "lr": 2.0e-3, "max_steps": 12, "save_every": 3,
+             "keep_last": 5, "eval_every": None, "log_every": 1}
+    config = tiny_config(tmp_path, train=train)
+    result = invoke(runner, "pretrain", config, "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    assert "71 steps per epoch of 12 sequences (from 4 in the first 50% of the budget)" in " ".join(result.output.split())
+    run = tmp_path / "run"
+    epochs = [r["epoch"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"]
+    micro_batches = [round((b - a) * 71 * 3) for a, b in zip([0.0, *epochs], epochs)]  # an epoch: 71 full steps of 3
+    assert micro_batches == [1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3, 3]
+    full = load_file(run / "final" / "model.safetensors")
+    simulate_crash(run, last_saved=3)  # step 3 of 12: still on the ramp
+    result = invoke(runner, "pretrain", config, "--precision", "fp32", "--resume")
+    assert result.exit_code == 0, result.output
+    assert_same_weights(full, load_file(run / "final" / "model.safetensors"))
+
+
 def test_resume_uses_the_checkpoints_tokenizer_not_the_cache(tmp_path, runner):
     """Resumed with another data.cache_dir, the run takes the checkpoint's tokenizer instead of training a
     new one (tokenizer training is not bit-for-bit deterministic), and still ends with the uninterrupted
@@ -260,6 +280,8 @@ def test_bad_data_files(tmp_path, runner, make_file, message):
         (["--device", "cuda"], "no CUDA"),
         (["--device", "tpu"], "device"),
         (["--set", "train.max_steps=null"], "nothing bounds the run"),
+        (["--set", "train.batch_ramp=0.5"], "set grad_accum above 1"),
+        (["--set", "train.batch_ramp=0.5", "--set", "train.grad_accum=2", "--set", "train.epochs=1"], "not epochs"),
     ],
 )
 def test_bad_config_or_flags(tmp_path, runner, args, message):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmtune.errors import ConfigError
 
@@ -149,6 +149,13 @@ class TrainSection(_Section):
 
     batch_size: int = Field(32, ge=1, description="sequences per step per process (before accumulation)")
     grad_accum: int = Field(1, ge=1, description="micro-batches accumulated into one optimizer step")
+    batch_ramp: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of the budget over which each step grows from 1 micro-batch to train.grad_accum, in equal "
+        "stages (small batches early, larger late); 0: no ramp. Needs train.max_steps or train.max_minutes",
+    )
     lr: float = Field(5.0e-4, gt=0.0, description="peak learning rate")
     epochs: float | None = Field(None, gt=0, description="passes over the training data")
     max_steps: int | None = Field(None, gt=0, description="optimizer steps")
@@ -178,6 +185,18 @@ class TrainSection(_Section):
         False,
         description="torch.compile the encoder (tens of seconds of compilation first; measured faster for ModernBERT, not BERT, on a CPU)",
     )
+
+    @model_validator(mode="after")
+    def _ramp_needs_room_and_a_fixed_budget(self) -> TrainSection:
+        if self.batch_ramp:
+            if self.grad_accum == 1:
+                raise ValueError("batch_ramp grows each step from 1 micro-batch to grad_accum: set grad_accum above 1")
+            if self.epochs is not None or self.eval_every == "epoch":
+                raise ValueError(
+                    "batch_ramp changes how many steps an epoch takes: bound the run with max_steps or max_minutes, "
+                    "not epochs, and give eval_every in steps"
+                )
+        return self
 
 
 class FinetuneSection(_Section):

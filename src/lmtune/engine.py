@@ -6,8 +6,8 @@ minutes: first reached wins, and the LR schedule follows whichever is binding), 
 metric logging, resumable checkpoints and the final save. It knows nothing about MLM or labels: a
 stage hands it a `Task` (model, batches, loss, evaluation, save).
 
-Data order and masks are pure functions of (seed, epoch, batch index), so a checkpoint needs only the
-step counter to find its place in the data: resuming replays no batch and skips none.
+Data order and masks are pure functions of (seed, epoch, batch index), so a checkpoint needs only its
+place in the data (epoch and micro-batch) to go on: resuming replays no batch and skips none.
 """
 
 from __future__ import annotations
@@ -137,6 +137,14 @@ class Budget:
         if self.max_seconds:
             parts.append(seconds / self.max_seconds)
         return max(parts)
+
+
+def grad_accum_at(cfg: TrainSection, progress: float) -> int:
+    """Micro-batches (per process) in the next optimizer step: train.grad_accum, or on a batch ramp
+    1, 2, ... train.grad_accum, each for an equal share of the first train.batch_ramp of the budget."""
+    if not cfg.batch_ramp or progress >= cfg.batch_ramp:
+        return cfg.grad_accum
+    return 1 + int((cfg.grad_accum - 1) * progress / cfg.batch_ramp)
 
 
 def lr_factor(cfg: TrainSection, budget: Budget, step: int, progress: float) -> float:
@@ -320,7 +328,7 @@ def train(
     params = list(model.parameters())
     if cfg.num_threads and placement.device.type == "cpu":
         torch.set_num_threads(cfg.num_threads)
-    per_step = cfg.grad_accum * world  # micro-batches of the data order consumed by one optimizer step
+    per_step = cfg.grad_accum * world  # micro-batches of the data order consumed by one full optimizer step
     ensure_training_possible(task.batches_per_epoch, cfg, "the training data")
     steps_per_epoch = task.batches_per_epoch // per_step
     budget = Budget.from_config(cfg, steps_per_epoch)
@@ -328,13 +336,16 @@ def train(
     eval_interval = steps_per_epoch if cfg.eval_every == "epoch" else cfg.eval_every
     scaler = torch.amp.GradScaler(placement.device.type) if placement.needs_grad_scaler else None
 
-    step, elapsed_before = 0, 0.0
+    step, elapsed_before, epoch, position = 0, 0.0, 0, 0  # position: micro-batches of this epoch's order consumed
     skipped, skipped_in_a_row, bad_value = 0, 0, None  # updates skipped for non-finite values (train.nonfinite)
     best: dict[str, Any] | None = None
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer, scaler)
         step, elapsed_before, best = state["step"], state["elapsed_s"], state.get("best")
         skipped = state.get("skipped_steps", 0)
+        # checkpoints from before the batch ramp carry only the step: every step then took per_step micro-batches
+        epoch = state.get("epoch", step // steps_per_epoch)
+        position = state.get("position", (step % steps_per_epoch) * per_step)
         display.message(f"resumed from {resume_from} at step {step}")
     bad_evals = 0 if best is None else best.get("bad_evals", 0)
 
@@ -347,6 +358,7 @@ def train(
         f"training on {placement.device} in {placement.precision}"
         + (f" in {world} processes" if world > 1 else "")
         + f": {steps_per_epoch} steps per epoch of {cfg.batch_size * per_step} sequences"
+        + (f" (from {cfg.batch_size * world} in the first {cfg.batch_ramp:.0%} of the budget)" if cfg.batch_ramp else "")
         + (f", at most {budget.max_steps} steps" if budget.max_steps else "")
         + (f", at most {budget.max_seconds / 60:g} minutes" if budget.max_seconds else "")
     )
@@ -356,7 +368,9 @@ def train(
 
     def checkpoint_state() -> dict[str, Any]:
         best_state = None if best is None else {**best, "bad_evals": bad_evals}
-        return {"step": step, "elapsed_s": elapsed(), "best": best_state, "skipped_steps": skipped}
+        return {
+            "step": step, "elapsed_s": elapsed(), "best": best_state, "skipped_steps": skipped, "epoch": epoch, "position": position,
+        }
 
     def run_eval() -> bool:
         """Evaluate, log, keep best/; return True when early stopping says stop."""
@@ -389,122 +403,120 @@ def train(
         eval_seconds += time.perf_counter() - t0
         return stop
 
-    done = budget.progress(step, elapsed()) >= 1.0
-    epoch = step // steps_per_epoch
+    progress = budget.progress(step, elapsed())
+    done = progress >= 1.0
+    stream: Iterator[Batch] | None = None
     try:
         stop_request = _StopRequest()
         while not done:
-            first = (step % steps_per_epoch) * per_step
-            micro = 0
-            # this process's share: every world-th micro-batch, up to the last whole step of the epoch
-            mine = itertools.islice(task.batches(epoch, first), rank, steps_per_epoch * per_step - first, world)
-            for batch in mine:
+            accum = grad_accum_at(cfg, progress)  # the same in every process: progress comes from the agreed clock
+            if position + accum * world > task.batches_per_epoch:  # the epoch's tail cannot fill this step
+                epoch, position, stream = epoch + 1, 0, None
+                continue
+            if stream is None:  # this process's share: every world-th micro-batch of the epoch's order
+                stream = itertools.islice(task.batches(epoch, position), rank, None, world)
+            for batch in itertools.islice(stream, accum):
                 batch = _to_device(batch, placement.device)
-                micro += 1
                 if bad_value is None:  # after a non-finite loss the step's other micro-batches are skipped too
                     with placement.autocast():
                         loss, _ = task.loss(model, batch)
                     value = loss.item()
                     if math.isfinite(value):
-                        scaled = loss / cfg.grad_accum
+                        scaled = loss / accum
                         (scaler.scale(scaled) if scaler else scaled).backward()
-                        window_loss += value / cfg.grad_accum
+                        window_loss += value / accum
                     else:
                         bad_value = f"the loss became {value}"
                 window_units += task.count(batch)
-                if micro % cfg.grad_accum:
-                    continue
-                clock = elapsed()
-                stop_now = stop_request.requested
-                if world > 1:  # every process must agree on skipping, the clock (the LR) and stopping
-                    bad_anywhere, clock, stop_anywhere = distributed.max_over_ranks(
-                        [float(bad_value is not None), clock, float(stop_now)], placement.device
+            position += accum * world
+            clock = elapsed()
+            stop_now = stop_request.requested
+            if world > 1:  # every process must agree on skipping, the clock (the LR) and stopping
+                bad_anywhere, clock, stop_anywhere = distributed.max_over_ranks(
+                    [float(bad_value is not None), clock, float(stop_now)], placement.device
+                )
+                stop_now = bool(stop_anywhere)
+                if bad_anywhere and bad_value is None:
+                    bad_value = "a non-finite loss in another process"
+                if bad_value is None:
+                    distributed.average_gradients(params)
+            progress = budget.progress(step + 1, clock)
+            lr = cfg.lr * lr_factor(cfg, budget, step, progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            if scaler:
+                scaler.unscale_(optimizer)
+            norm = None
+            if bad_value is None and cfg.max_grad_norm:
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            elif bad_value is None and not scaler:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            if norm is not None and not scaler and not torch.isfinite(norm):  # fp16's scaler skips overflows itself
+                bad_value = f"the gradient norm became {norm.item()}"
+            if bad_value is not None:
+                skipped += 1
+                where = f"{bad_value} at step {step + 1}"
+                if cfg.nonfinite == "stop" or skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW - 1:
+                    why = "" if cfg.nonfinite == "stop" else f" ({MAX_SKIPPED_IN_A_ROW} steps in a row)"
+                    raise NumericalError(
+                        f"{where}{why}: lower train.lr (now {cfg.lr:g}), keep train.max_grad_norm set, or use "
+                        "precision fp32/bf16 instead of fp16; the last checkpoint in checkpoints/ is intact"
                     )
-                    stop_now = bool(stop_anywhere)
-                    if bad_anywhere and bad_value is None:
-                        bad_value = "a non-finite loss in another process"
-                    if bad_value is None:
-                        distributed.average_gradients(params)
-                progress = budget.progress(step + 1, clock)
-                lr = cfg.lr * lr_factor(cfg, budget, step, progress)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-                if scaler:
-                    scaler.unscale_(optimizer)
-                norm = None
-                if bad_value is None and cfg.max_grad_norm:
-                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                elif bad_value is None and not scaler:
-                    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-                if norm is not None and not scaler and not torch.isfinite(norm):  # fp16's scaler skips overflows itself
-                    bad_value = f"the gradient norm became {norm.item()}"
-                if bad_value is not None:
-                    skipped += 1
-                    where = f"{bad_value} at step {step + 1}"
-                    if cfg.nonfinite == "stop" or skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW - 1:
-                        why = "" if cfg.nonfinite == "stop" else f" ({MAX_SKIPPED_IN_A_ROW} steps in a row)"
-                        raise NumericalError(
-                            f"{where}{why}: lower train.lr (now {cfg.lr:g}), keep train.max_grad_norm set, or use "
-                            "precision fp32/bf16 instead of fp16; the last checkpoint in checkpoints/ is intact"
-                        )
-                    skipped_in_a_row += 1
-                    display.message(f"{where}: skipped that update (train.nonfinite: skip; {skipped} so far)")
-                    optimizer.zero_grad(set_to_none=True)
-                elif scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                    skipped_in_a_row = 0
-                else:
-                    optimizer.step()
-                    skipped_in_a_row = 0
+                skipped_in_a_row += 1
+                display.message(f"{where}: skipped that update (train.nonfinite: skip; {skipped} so far)")
                 optimizer.zero_grad(set_to_none=True)
-                bad_value = None
-                step += 1
-                window_steps += 1
-                progress = budget.progress(step, clock if world > 1 else elapsed())
-                done = progress >= 1.0
-                log_now = step % cfg.log_every == 0 or done
-                if log_now and world > 1:
-                    loss_sum, units_sum = distributed.sum_over_ranks([window_loss, float(window_units)], placement.device)
-                    window_loss, window_units = loss_sum / world, int(units_sum)
-                now = time.perf_counter()
-                rate = window_units / max(now - window_start, 1e-9)
-                record = {
-                    "type": "train",
-                    "step": step,
-                    "epoch": round(step / steps_per_epoch, 4),
-                    "loss": window_loss / max(window_steps, 1),
-                    "lr": lr,
-                    f"{task.unit}_per_s": rate,
-                    "elapsed_s": round(elapsed(), 3),
-                    "progress": min(progress, 1.0),
-                    "eta_s": (elapsed() - eval_seconds) * (1 - progress) / progress if 0 < progress < 1 else 0.0,
-                    "max_steps": budget.max_steps,
-                }
-                if skipped:
-                    record["skipped_steps"] = skipped
-                display.update(record, log_now)
-                if log_now:
-                    if main:
-                        metrics.write({k: v for k, v in record.items() if k != "max_steps"})
-                    window_start, window_units, window_loss, window_steps = now, 0, 0.0, 0
-                paused = time.perf_counter()  # evaluation and saving do not count against throughput
-                if task.evaluate and eval_interval and step % eval_interval == 0 and not done:
-                    stop = run_eval() if main else False
-                    if distributed.broadcast_flag(stop, placement.device):
-                        done, stopped_by = True, "early stopping"
-                if cfg.save_every and step % cfg.save_every == 0 and not done and main:
-                    save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last, task.save_assets)
-                window_start += time.perf_counter() - paused
-                if stop_now and not done:  # Ctrl-C: this step is complete, so its checkpoint is consistent
-                    display.close()
-                    if not main:
-                        raise TrainingInterrupted(f"interrupted at step {step}")
-                    where = save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last, task.save_assets)
-                    raise TrainingInterrupted(f"interrupted at step {step}: saved {where}; continue with the same command plus --resume")
-                if done:
-                    break
-            epoch += 1
+            elif scaler:
+                scaler.step(optimizer)
+                scaler.update()
+                skipped_in_a_row = 0
+            else:
+                optimizer.step()
+                skipped_in_a_row = 0
+            optimizer.zero_grad(set_to_none=True)
+            bad_value = None
+            step += 1
+            window_steps += 1
+            progress = budget.progress(step, clock if world > 1 else elapsed())
+            done = progress >= 1.0
+            log_now = step % cfg.log_every == 0 or done
+            if log_now and world > 1:
+                loss_sum, units_sum = distributed.sum_over_ranks([window_loss, float(window_units)], placement.device)
+                window_loss, window_units = loss_sum / world, int(units_sum)
+            now = time.perf_counter()
+            rate = window_units / max(now - window_start, 1e-9)
+            record = {
+                "type": "train",
+                "step": step,
+                "epoch": round(epoch + position / (steps_per_epoch * per_step), 4),
+                "loss": window_loss / max(window_steps, 1),
+                "lr": lr,
+                f"{task.unit}_per_s": rate,
+                "elapsed_s": round(elapsed(), 3),
+                "progress": min(progress, 1.0),
+                "eta_s": (elapsed() - eval_seconds) * (1 - progress) / progress if 0 < progress < 1 else 0.0,
+                "max_steps": budget.max_steps,
+            }
+            if skipped:
+                record["skipped_steps"] = skipped
+            display.update(record, log_now)
+            if log_now:
+                if main:
+                    metrics.write({k: v for k, v in record.items() if k != "max_steps"})
+                window_start, window_units, window_loss, window_steps = now, 0, 0.0, 0
+            paused = time.perf_counter()  # evaluation and saving do not count against throughput
+            if task.evaluate and eval_interval and step % eval_interval == 0 and not done:
+                stop = run_eval() if main else False
+                if distributed.broadcast_flag(stop, placement.device):
+                    done, stopped_by = True, "early stopping"
+            if cfg.save_every and step % cfg.save_every == 0 and not done and main:
+                save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last, task.save_assets)
+            window_start += time.perf_counter() - paused
+            if stop_now and not done:  # Ctrl-C: this step is complete, so its checkpoint is consistent
+                display.close()
+                if not main:
+                    raise TrainingInterrupted(f"interrupted at step {step}")
+                where = save_checkpoint(run_dir, model, optimizer, scaler, checkpoint_state(), cfg.keep_last, task.save_assets)
+                raise TrainingInterrupted(f"interrupted at step {step}: saved {where}; continue with the same command plus --resume")
     except KeyboardInterrupt:  # a second Ctrl-C, in the middle of a step: its state is not saved
         display.close()
         last = latest_checkpoint(run_dir)
