@@ -403,7 +403,8 @@ def train(
         eval_seconds += time.perf_counter() - t0
         return stop
 
-    progress = budget.progress(step, elapsed())
+    # from the checkpoint's clock, not this process's: every process must pick the same first step size
+    progress = budget.progress(step, elapsed_before)
     done = progress >= 1.0
     stream: Iterator[Batch] | None = None
     try:
