@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from conftest import assert_same_weights, simulate_crash, tiny_config
 from lmtune.runs import read_metrics
 
 
@@ -43,6 +44,29 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
     assert json.loads((two / "manifest.json").read_text())["processes"] == 2
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["step-6"]
+
+
+@pytest.mark.slow
+def test_a_ramped_run_in_two_processes_grows_its_steps_together_and_resumes_bitwise(tmp_path):
+    """train.batch_ramp with --nproc 2: each process takes one micro-batch a step, then train.grad_accum,
+    at the same steps (the engine stops if they ever disagree), and a crash mid-ramp resumes bit for bit."""
+    train = {"batch_size": 4, "grad_accum": 2, "batch_ramp": 0.5, "lr": 2.0e-3, "max_steps": 8, "save_every": 2,
+             "keep_last": 5, "eval_every": None, "log_every": 1}
+    config = tiny_config(tmp_path, train=train)
+    run = tmp_path / "run"
+    result = lmtune("pretrain", config, "--precision", "fp32", "--nproc", 2)
+    assert result.returncode == 0, result.stderr
+    announced = re.search(r"(\d+) steps per epoch of 16 sequences \(from 8 in the first 50% of the budget\)", " ".join(result.stderr.split()))
+    assert announced, result.stderr
+    epochs = [r["epoch"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"]
+    micro_batches = [round((b - a) * int(announced[1]) * 4) for a, b in zip([0.0, *epochs], epochs)]  # both processes' together
+    assert micro_batches == [2, 2, 2, 2, 4, 4, 4, 4]
+    full = load_file(run / "final" / "model.safetensors")
+    simulate_crash(run, last_saved=2)  # step 2 of 8: still on the ramp
+    resumed = lmtune("pretrain", config, "--precision", "fp32", "--nproc", 2, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr
+    assert_same_weights(full, load_file(run / "final" / "model.safetensors"))
 
 
 def test_a_failing_process_fails_the_launch_with_its_exit_code(tmp_path):

@@ -433,9 +433,14 @@ def train(
             clock = elapsed()
             stop_now = stop_request.requested
             if world > 1:  # every process must agree on skipping, the clock (the LR) and stopping
-                bad_anywhere, clock, stop_anywhere = distributed.max_over_ranks(
-                    [float(bad_value is not None), clock, float(stop_now)], placement.device
+                bad_anywhere, clock, stop_anywhere, most, minus_least = distributed.max_over_ranks(
+                    [float(bad_value is not None), clock, float(stop_now), float(accum), -float(accum)], placement.device
                 )
+                if most != -minus_least:  # the gradients would average different amounts of data: never go on
+                    raise RuntimeError(
+                        f"at step {step + 1} the processes took steps of {-minus_least:g} to {most:g} micro-batches: "
+                        "they must agree on train.batch_ramp's stage"
+                    )
                 stop_now = bool(stop_anywhere)
                 if bad_anywhere and bad_value is None:
                     bad_value = "a non-finite loss in another process"
