@@ -50,6 +50,16 @@ def invoke(runner: CliRunner, *args: str):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
+def micro_batches_per_step(run: Path, per_epoch: int) -> list[int]:
+    """How many micro-batches each logged step of `run` read (all processes together), from the
+    fractional epoch its train records carry; `per_epoch`: micro-batches in the full steps of an epoch.
+    Needs train.log_every=1 and no epoch wrap."""
+    from lmtune.runs import read_metrics
+
+    epochs = [r["epoch"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"]
+    return [round((b - a) * per_epoch) for a, b in zip([0.0, *epochs], epochs)]
+
+
 def simulate_crash(run: Path, last_saved: int) -> None:
     """Leave `run` as a crash right after its checkpoint step-`last_saved` would: no final/ model and no
     later checkpoint, so `--resume` starts from step-`last_saved`."""
