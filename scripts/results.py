@@ -14,6 +14,9 @@ typed in by hand. Steps, in the order they depend on each other:
                                                      # (with --minutes 30: lmtune-30-run+mask-0.3);
                                                      # a variant that sets model.* also gets its own
                                                      # no-pretraining model, random+TAG
+    python scripts/results.py average --tag seed4 --last 4
+                                                     # runs/cpu-hour+seed4's final weights averaged with
+                                                     # its last 3 checkpoints: model lmtune-60+seed4-lawa4
     python scripts/results.py snapshots              # the 60-minute run's checkpoints nearest 15 and
                                                      # 30 minutes, as loadable model dirs
     python scripts/results.py finetune --tasks tweets --models random lmtune-60 --seeds 0 1 2
@@ -146,6 +149,40 @@ def snapshots(args: argparse.Namespace) -> None:
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
         print(f"{out}: {nearest.name} at {elapsed[nearest] / 60:.1f} minutes")
+
+
+def average(args: argparse.Namespace) -> None:
+    """A pretraining variant's final weights averaged with equal weight with its last checkpoints before
+    the final step (latest weight averaging), as the model dir of a variant TAG-lawaK."""
+    import torch
+    from safetensors.torch import load_model
+    from transformers import AutoModelForMaskedLM
+
+    run = pretrain_variant(args.tag)
+    final_step = max((r["step"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"), default=None)
+    before = sorted(
+        (p for p in (run / "checkpoints").glob("step-*") if final_step is not None and int(p.name[5:]) < final_step),
+        key=lambda p: int(p.name[5:]),
+    )[-(args.last - 1):] if args.last > 1 else []
+    if args.last < 1 or len(before) != args.last - 1 or not (run / "final").is_dir():
+        sys.exit(f"error: {run} needs final/ and {args.last - 1} checkpoints before its last step; it has {len(before)}")
+    model = AutoModelForMaskedLM.from_pretrained(run / "final", dtype=torch.float32)
+    total = {name: t.detach().clone() for name, t in model.state_dict().items()}
+    for checkpoint in before:  # load_model, as a resume does: it knows the names tied weights are saved under
+        load_model(model, str(checkpoint / "model.safetensors"))
+        for name, t in model.state_dict().items():
+            total[name] += t
+    model.load_state_dict({name: t / args.last for name, t in total.items()})
+    out = pretrain_variant(f"{args.tag}-lawa{args.last}")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(run / "final", tmp / "final")
+    model.save_pretrained(tmp / "final")
+    averaged = ["final", *(p.name for p in before)]
+    (tmp / "protocol.json").write_text(json.dumps({"averaged": [str(p) for p in [run / "final", *before]]}) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print(f"{out}/final: the mean of {run.name}'s {', '.join(averaged)}")
 
 
 def run_dir(task: str, model: str, seed: int, tag: str | None = None) -> Path:
@@ -292,6 +329,9 @@ def main() -> None:
     pt.add_argument("--minutes", type=int, default=60, choices=(*SNAPSHOT_MINUTES, 60), help="15 or 30: a run of its own in runs/cpu-Nmin (model lmtune-N-run)")
     pt.add_argument("--tag", help="a variant of the recipe (with its --set): runs/cpu-hour+TAG, model lmtune-60+TAG (or lmtune-N-run+TAG)")
     pt.add_argument("--set", action="append", help="the variant's --set, e.g. mlm.probability=0.3")
+    av = sub.add_parser("average", help="a pretraining variant's final weights averaged with its last checkpoints")
+    av.add_argument("--tag", required=True, help="the variant: runs/cpu-hour+TAG (give it train.save_every small enough)")
+    av.add_argument("--last", type=int, default=4, help="how many weights to average, the final ones included")
     sub.add_parser("snapshots", help="model dirs from the 60-minute run's checkpoints at 15 and 30 minutes")
     ft = sub.add_parser("finetune", help="fine-tune and evaluate each task x model x seed (skips finished runs)")
     ft.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
@@ -305,7 +345,7 @@ def main() -> None:
     pd.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     pd.add_argument("--models", nargs="+", required=True, help="runs under runs/results/TASK/: MODEL or MODEL@TAG")
     args = parser.parse_args()
-    {"pretrain": pretrain, "snapshots": snapshots, "finetune": finetune, "table": table, "paired": paired}[args.command](args)
+    {"pretrain": pretrain, "average": average, "snapshots": snapshots, "finetune": finetune, "table": table, "paired": paired}[args.command](args)
 
 
 if __name__ == "__main__":

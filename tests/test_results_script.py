@@ -91,3 +91,38 @@ def test_paired_refuses_predictions_of_other_texts(tfidf, tmp_path, monkeypatch)
     monkeypatch.setattr(results, "BASELINE_PREDICTIONS", predictions_dir)
     with pytest.raises(SystemExit, match="do not hold the same test texts"):
         results.paired(type("Args", (), {"tasks": ["reviews"], "models": ["model"]})())
+
+
+def test_average_is_the_mean_of_the_final_weights_and_the_last_checkpoints(tmp_path, monkeypatch):
+    """results.py average: a loadable masked LM whose every weight is the mean of final/ and the newest
+    checkpoints before it, its tied embeddings still tied."""
+    import argparse
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForMaskedLM
+
+    from conftest import tiny_config
+
+    monkeypatch.setattr(results, "PRETRAINED", tmp_path / "runs" / "cpu-hour")
+    run = tmp_path / "runs" / "cpu-hour+t"
+    config = tiny_config(tmp_path, output_dir=str(run), train__max_steps=7, train__save_every=2, train__keep_last=10)
+    subprocess.run([sys.executable, "-m", "lmtune", "pretrain", str(config)], check=True, capture_output=True)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-2", "step-4", "step-6"]
+
+    results.average(argparse.Namespace(tag="t", last=3))  # final/ (step 7), step-6 and step-4
+    averaged = AutoModelForMaskedLM.from_pretrained(tmp_path / "runs" / "cpu-hour+t-lawa3" / "final")
+    weights = {name: p.detach() for name, p in averaged.named_parameters()}
+    final = load_file(run / "final" / "model.safetensors")
+    step4, step6 = (load_file(run / "checkpoints" / s / "model.safetensors") for s in ("step-4", "step-6"))
+    untied = [name for name in weights if name in final and name in step4]
+    assert len(untied) > 10
+    for name in untied:
+        torch.testing.assert_close(weights[name], (final[name] + step4[name] + step6[name]) / 3)
+    assert not torch.equal(weights[untied[0]], final[untied[0]])  # the steps moved the weights: the mean differs
+    embeddings = averaged.get_input_embeddings().weight
+    assert averaged.get_output_embeddings().weight.data_ptr() == embeddings.data_ptr()  # still tied
+
+    with pytest.raises(SystemExit, match="4 checkpoints before its last step; it has 3"):
+        results.average(argparse.Namespace(tag="t", last=5))  # more weights than the run kept: refused
+    assert not (tmp_path / "runs" / "cpu-hour+t-lawa5").exists()
