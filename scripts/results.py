@@ -158,13 +158,17 @@ def average(args: argparse.Namespace) -> None:
     from safetensors.torch import load_model
     from transformers import AutoModelForMaskedLM
 
+    if args.last < 2:
+        sys.exit("error: --last counts the weights to average, the final ones included: 2 or more")
     run = pretrain_variant(args.tag)
+    if not (run / "final").is_dir():
+        sys.exit(f"error: {run}/final is missing: run `results.py pretrain --tag {args.tag} --set ...` first")
     final_step = max((r["step"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"), default=None)
     before = sorted(
         (p for p in (run / "checkpoints").glob("step-*") if final_step is not None and int(p.name[5:]) < final_step),
         key=lambda p: int(p.name[5:]),
-    )[-(args.last - 1):] if args.last > 1 else []
-    if args.last < 1 or len(before) != args.last - 1 or not (run / "final").is_dir():
+    )[-(args.last - 1):]
+    if len(before) != args.last - 1:
         sys.exit(f"error: {run} needs final/ and {args.last - 1} checkpoints before its last step; it has {len(before)}")
     model = AutoModelForMaskedLM.from_pretrained(run / "final", dtype=torch.float32)
     total = {name: t.detach().clone() for name, t in model.state_dict().items()}
