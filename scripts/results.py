@@ -34,12 +34,14 @@ scripts/fetch_data.py all, and runs/baselines.json from scripts/baseline.py for 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from scipy.stats import binomtest
@@ -129,25 +131,34 @@ def random_init(out: Path, overrides: list[str]) -> None:
         )
 
 
+@contextlib.contextmanager
+def _replaced(out: Path) -> Iterator[Path]:
+    """A temp dir beside `out` to build it in; it replaces `out` only once the block finishes."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    yield tmp
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
 def snapshots(args: argparse.Namespace) -> None:
     """Model dirs from the checkpoints nearest each of SNAPSHOT_MINUTES (config and tokenizer from final/)."""
-    checkpoints = sorted((PRETRAINED / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
+    from lmtune.engine import checkpoint_dirs  # imports torch: only the commands that need it
+
+    checkpoints = checkpoint_dirs(PRETRAINED)
     if not checkpoints:
         sys.exit(f"error: {PRETRAINED}/checkpoints holds no checkpoints: run `results.py pretrain` first")
     elapsed = {p: json.loads((p / "state.json").read_text())["elapsed_s"] for p in checkpoints}
     for minutes in SNAPSHOT_MINUTES:
         nearest = min(checkpoints, key=lambda p: abs(elapsed[p] - minutes * 60))
         out = RESULTS / f"cpu-hour-at-{minutes}min"
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for f in (PRETRAINED / "final").iterdir():
-            if f.name != "model.safetensors":
-                shutil.copy2(f, tmp / f.name)
-        shutil.copy2(nearest / "model.safetensors", tmp / "model.safetensors")
-        (tmp / "snapshot.json").write_text(json.dumps({"checkpoint": str(nearest), "elapsed_s": elapsed[nearest]}) + "\n")
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        with _replaced(out) as tmp:
+            tmp.mkdir(parents=True)
+            for f in (PRETRAINED / "final").iterdir():
+                if f.name != "model.safetensors":
+                    shutil.copy2(f, tmp / f.name)
+            shutil.copy2(nearest / "model.safetensors", tmp / "model.safetensors")
+            (tmp / "snapshot.json").write_text(json.dumps({"checkpoint": str(nearest), "elapsed_s": elapsed[nearest]}) + "\n")
         print(f"{out}: {nearest.name} at {elapsed[nearest] / 60:.1f} minutes")
 
 
@@ -158,16 +169,15 @@ def average(args: argparse.Namespace) -> None:
     from safetensors.torch import load_model
     from transformers import AutoModelForMaskedLM
 
+    from lmtune.engine import checkpoint_dirs
+
     if args.last < 2:
         sys.exit("error: --last counts the weights to average, the final ones included: 2 or more")
     run = pretrain_variant(args.tag)
     if not (run / "final").is_dir():
         sys.exit(f"error: {run}/final is missing: run `results.py pretrain --tag {args.tag} --set ...` first")
     final_step = max((r["step"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"), default=None)
-    before = sorted(
-        (p for p in (run / "checkpoints").glob("step-*") if final_step is not None and int(p.name[5:]) < final_step),
-        key=lambda p: int(p.name[5:]),
-    )[-(args.last - 1):]
+    before = [p for p in checkpoint_dirs(run) if final_step is not None and int(p.name[5:]) < final_step][-(args.last - 1):]
     if len(before) != args.last - 1:
         sys.exit(f"error: {run} needs final/ and {args.last - 1} checkpoints before its last step; it has {len(before)}")
     model = AutoModelForMaskedLM.from_pretrained(run / "final", dtype=torch.float32)
@@ -178,15 +188,12 @@ def average(args: argparse.Namespace) -> None:
             total[name] += t
     model.load_state_dict({name: t / args.last for name, t in total.items()})
     out = pretrain_variant(f"{args.tag}-lawa{args.last}")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(run / "final", tmp / "final")
-    model.save_pretrained(tmp / "final")
-    averaged = ["final", *(p.name for p in before)]
-    (tmp / "protocol.json").write_text(json.dumps({"averaged": [str(p) for p in [run / "final", *before]]}) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    print(f"{out}/final: the mean of {run.name}'s {', '.join(averaged)}")
+    sources = [run / "final", *before]
+    with _replaced(out) as tmp:
+        shutil.copytree(run / "final", tmp / "final")
+        model.save_pretrained(tmp / "final")
+        (tmp / "protocol.json").write_text(json.dumps({"averaged": [str(p) for p in sources]}) + "\n")
+    print(f"{out}/final: the mean of {run.name}'s {', '.join(p.name for p in sources)}")
 
 
 def run_dir(task: str, model: str, seed: int, tag: str | None = None) -> Path:

@@ -170,7 +170,8 @@ def lr_factor(cfg: TrainSection, budget: Budget, step: int, progress: float) -> 
 # Checkpoints
 
 
-def _checkpoint_dirs(run_dir: Path) -> list[Path]:
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """A run's checkpoints/step-N dirs, oldest first (half-written .tmp-step-N dirs excluded)."""
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return []
@@ -205,7 +206,7 @@ def checkpoint_problem(path: Path) -> str | None:
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest checkpoint that is complete and intact; broken newer ones are skipped with a warning."""
-    for path in reversed(_checkpoint_dirs(run_dir)):
+    for path in reversed(checkpoint_dirs(run_dir)):
         problem = checkpoint_problem(path)
         if problem is None:
             return path
@@ -243,7 +244,7 @@ def save_checkpoint(
     (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old in _checkpoint_dirs(run_dir)[:-keep]:
+    for old in checkpoint_dirs(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
