@@ -17,6 +17,10 @@ typed in by hand. Steps, in the order they depend on each other:
     python scripts/results.py average --tag seed4 --last 4
                                                      # runs/cpu-hour+seed4's final weights averaged with
                                                      # its last 3 checkpoints: model lmtune-60+seed4-lawa4
+    python scripts/results.py adapt --model lmtune-30-run --text tweets --minutes 5
+                                                     # that model pretrained 5 more minutes on
+                                                     # data/tweets/train.jsonl alone (model.init_from):
+                                                     # model lmtune-30-run+adapt5-tweets
     python scripts/results.py snapshots              # the 60-minute run's checkpoints nearest 15 and
                                                      # 30 minutes, as loadable model dirs
     python scripts/results.py finetune --tasks tweets --models random lmtune-60 --seeds 0 1 2
@@ -68,6 +72,20 @@ def pretrain_variant(tag: str, minutes: int = 60) -> Path:
     return base.with_name(f"{base.name}+{tag}")
 
 
+ADAPTED = RESULTS / "adapted"  # `results.py adapt`: MODEL+adaptN-TEXT
+
+
+def adapted(model: str, text: str, minutes: int) -> Path:
+    """Where `results.py adapt` puts MODEL pretrained `minutes` more on data/TEXT/train.jsonl."""
+    return ADAPTED / f"{model}+adapt{minutes}-{text}"
+
+
+def _adapted_what(name: str) -> str:
+    base, _, rest = name.rpartition("+adapt")
+    minutes, _, text = rest.partition("-")
+    return f"{base}, then {minutes} more minutes of pretraining on data/{text}/train.jsonl"
+
+
 # model name -> (checkpoint dir, task config suffix, what the row says)
 MODELS: dict[str, tuple[Path, str, str]] = {
     "random": (RESULTS / "random-init" / "final", "", "same architecture, no pretraining"),
@@ -89,6 +107,7 @@ MODELS: dict[str, tuple[Path, str, str]] = {
         for run in sorted(ROOT.glob(f"{pretrain_variant('*', minutes).relative_to(ROOT)}"))
         for tag in [run.name.partition("+")[2]]
     },
+    **{run.name: (run / "final", "", _adapted_what(run.name)) for run in sorted(ADAPTED.glob("*+adapt*-*"))},
 }
 
 
@@ -119,6 +138,22 @@ def pretrain(args: argparse.Namespace) -> None:
     if not (PRETRAINED / "final").is_dir():
         lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", PRETRAINED, "--overwrite")
     random_init(RESULTS / "random-init", [])
+
+
+def adapt(args: argparse.Namespace) -> None:
+    """Continue pretraining a model on one task's training text (never its test text), for a budget of
+    its own: the recipe's config with model.init_from, a lower peak LR, the same masking and probe."""
+    base = MODELS[args.model][0]
+    if not base.is_dir():
+        sys.exit(f"error: {base} is missing: pretrain {args.model} first")
+    text = ROOT / "data" / args.text / "train.jsonl"
+    out = adapted(args.model, args.text, args.minutes)
+    if not (out / "final").is_dir():
+        lmtune(
+            "pretrain", PRETRAIN_CONFIG, "--output-dir", out, "--overwrite",
+            *sets([f"model.init_from={base}", f"data.train=[{text}]", f"train.max_minutes={args.minutes}", f"train.lr={args.lr}", *(args.set or [])]),
+        )
+        (out / "protocol.json").write_text(json.dumps({"config": str(PRETRAIN_CONFIG.relative_to(ROOT)), "init_from": args.model, "text": args.text, "minutes": args.minutes, "lr": args.lr, "set": args.set}) + "\n")
 
 
 def random_init(out: Path, overrides: list[str]) -> None:
@@ -343,6 +378,12 @@ def main() -> None:
     av = sub.add_parser("average", help="a pretraining variant's final weights averaged with its last checkpoints")
     av.add_argument("--tag", required=True, help="the variant: runs/cpu-hour+TAG (give it train.save_every small enough)")
     av.add_argument("--last", type=int, default=4, help="how many weights to average, the final ones included")
+    ad = sub.add_parser("adapt", help="a model pretrained further on one task's training text: model MODEL+adaptN-TEXT")
+    ad.add_argument("--model", required=True, choices=[m for m in MODELS if m.startswith("lmtune")], help="the model to continue")
+    ad.add_argument("--text", required=True, choices=[t for t in TASKS if t != "tweets-2k"], help="data/TEXT/train.jsonl (tweets-2k's labels are a subset of tweets)")
+    ad.add_argument("--minutes", type=int, default=5, help="the budget of the extra pretraining")
+    ad.add_argument("--lr", type=float, default=3e-4, help="its peak learning rate (the recipe's is 1e-3)")
+    ad.add_argument("--set", action="append", help="extra --set for the run")
     sub.add_parser("snapshots", help="model dirs from the 60-minute run's checkpoints at 15 and 30 minutes")
     ft = sub.add_parser("finetune", help="fine-tune and evaluate each task x model x seed (skips finished runs)")
     ft.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
@@ -356,7 +397,7 @@ def main() -> None:
     pd.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     pd.add_argument("--models", nargs="+", required=True, help="runs under runs/results/TASK/: MODEL or MODEL@TAG")
     args = parser.parse_args()
-    {"pretrain": pretrain, "average": average, "snapshots": snapshots, "finetune": finetune, "table": table, "paired": paired}[args.command](args)
+    {"pretrain": pretrain, "adapt": adapt, "average": average, "snapshots": snapshots, "finetune": finetune, "table": table, "paired": paired}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -418,6 +418,45 @@ def test_pretrain_rejects_a_checkpoint(tmp_path):
     assert "model.checkpoint" in message
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"model": {"init_from": "runs/base/final", "hidden_size": 64}}, "model.hidden_size sizes a new model"),
+        ({"model": {"init_from": "runs/base/final", "max_position_embeddings": 1024}}, "model.max_position_embeddings"),
+        ({"model": {"init_from": "runs/base/final", "hf_config": {"rope_theta": 1.0}}}, "model.hf_config shapes a new model"),
+        ({"model": {"init_from": "runs/base/final"}, "tokenizer": {"path": "tok"}}, "brings the tokenizer"),
+        ({"model": {"init_from": "runs/base/final"}, "mlm": {"objective": "electra"}}, "mlm.objective=electra"),
+    ],
+)
+def test_init_from_refuses_what_would_shape_a_new_model(tmp_path, extra, message):
+    assert message in pretrain_error(tmp_path, **extra)
+
+
+def test_init_from_keeps_the_checkpoints_sizes_and_resolves_against_cwd(tmp_path):
+    # the preset and arch a base config sets are not used, a null preset needs no sizes, and the
+    # position limit is the checkpoint's (checked when it loads), not the preset's
+    path = write(
+        tmp_path / "c.yaml",
+        {
+            "output_dir": "out",
+            "model": {"arch": "modernbert", "preset": None, "init_from": "runs/base/final"},
+            "data": {"train": ["a.txt"], "max_length": 1024},
+            "train": {"max_steps": 1},
+        },
+    )
+    cfg = load_config(path, stage="pretrain", cwd=tmp_path)
+    assert cfg.model.init_from == str(tmp_path.resolve() / "runs" / "base" / "final")
+
+
+def test_finetune_rejects_init_from(tmp_path):
+    path = write(
+        tmp_path / "c.yaml",
+        {"output_dir": "out", "model": {"checkpoint": "ckpt", "init_from": "runs/base/final"}, "data": {"train": ["a.jsonl"]}, "train": {"epochs": 1}},
+    )
+    with pytest.raises(ConfigError, match="model.init_from='runs/base/final' continues pretraining"):
+        load_config(path, stage="finetune", cwd=tmp_path)
+
+
 def test_null_preset_needs_every_size(tmp_path):
     message = pretrain_error(tmp_path, model={"preset": None, "hidden_size": 64})
     for key in ("num_hidden_layers", "num_attention_heads", "intermediate_size"):

@@ -361,6 +361,24 @@ def test_pack_blocks_full_blocks_cls_first_sep_between_docs(arch, bert_tok, robe
     assert (body == sep_id).sum() == stream[: body.size].count(sep_id)
 
 
+def test_pack_blocks_reads_whole_documents_with_a_tokenizer_saved_truncating(tmp_path, bert_tok):
+    """A fast tokenizer saves the truncation of its last truncating call in tokenizer.json; loaded from
+    a checkpoint (a resumed run, model.init_from), it must still pack every document whole."""
+    from lmtune.tokenization import load_tokenizer
+
+    texts = moby_paragraphs(2)
+    whole = pack_blocks(Dataset.from_dict({"text": texts}), bert_tok, 32)
+    bert_tok.save_pretrained(tmp_path / "first")
+    used = load_tokenizer(str(tmp_path / "first"))
+    used(texts, truncation=True, max_length=16)  # what fine-tuning and the pretraining probe do
+    used.save_pretrained(tmp_path / "checkpoint")
+    reloaded = load_tokenizer(str(tmp_path / "checkpoint"))
+    assert reloaded.backend_tokenizer.truncation is not None  # the trap: it would cut each text at 16 tokens
+    assert max(len(bert_tok(t, add_special_tokens=False)["input_ids"]) for t in texts) > 16
+    np.testing.assert_array_equal(pack_blocks(Dataset.from_dict({"text": texts}), reloaded, 32), whole)
+    assert reloaded.backend_tokenizer.truncation is not None  # the tokenizer itself is left as it was
+
+
 def test_pack_blocks_too_little_text_gives_no_blocks(bert_tok):
     blocks = pack_blocks(Dataset.from_dict({"text": ["call me"]}), bert_tok, 64)
     assert blocks.shape == (0, 64) and blocks.dtype == np.int32

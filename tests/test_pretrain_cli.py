@@ -108,6 +108,67 @@ def test_pretrain_roberta_with_whole_word_masking(tmp_path, runner):
     assert logits.shape == (1, len(ids), model.config.vocab_size)
 
 
+def test_init_from_continues_pretraining_a_checkpoint(tmp_path, runner):
+    """model.init_from pretrains a checkpoint further: its weights, tokenizer and sizes, not a new model's,
+    and the result reloads with plain transformers."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM
+
+    (tmp_path / "base").mkdir()
+    base_config = tiny_config(tmp_path / "base", train={"batch_size": 16, "lr": 2.0e-3, "max_steps": 60, "log_every": 1})
+    assert invoke(runner, "pretrain", base_config, "--precision", "fp32").exit_code == 0
+    base = tmp_path / "base" / "run"
+    base_losses = [r["loss"] for r in read_metrics(base / "metrics.jsonl") if r["type"] == "train"]
+
+    config = tiny_config(
+        tmp_path,
+        model={"init_from": str(base / "final")},
+        tokenizer={"vocab_size": 8192},  # not used: the checkpoint brings its tokenizer
+        train={"batch_size": 16, "lr": 1.0e-3, "max_steps": 6, "log_every": 1},
+    )
+    result = invoke(runner, "pretrain", config, "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    losses = [r["loss"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"]
+    # it starts where the base run ended, far below a new model's first loss
+    assert losses[0] < 0.7 * base_losses[0], (losses[:3], base_losses[:3], base_losses[-3:])
+    assert abs(losses[0] - base_losses[-1]) < 0.35 * base_losses[-1], (losses[:3], base_losses[-3:])
+
+    model = AutoModelForMaskedLM.from_pretrained(run / "final")
+    assert isinstance(model, BertForMaskedLM)
+    assert model.config.hidden_size == 64 and model.config.hidden_dropout_prob == 0.0
+    assert AutoTokenizer.from_pretrained(run / "final").get_vocab() == AutoTokenizer.from_pretrained(base / "final").get_vocab()
+    before = load_file(base / "final" / "model.safetensors")
+    after = load_file(run / "final" / "model.safetensors")
+    assert before.keys() == after.keys() and not torch.equal(before["bert.embeddings.word_embeddings.weight"], after["bert.embeddings.word_embeddings.weight"])
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["model"]["init_from"] == str(base / "final") and manifest["model"]["arch"] == "bert"
+
+
+def test_init_from_problems_stop_before_the_run_dir(tmp_path, runner):
+    from transformers import AutoConfig, BertForSequenceClassification
+
+    missing = tiny_config(tmp_path, model={"init_from": str(tmp_path / "nowhere")})
+    result = invoke(runner, "pretrain", missing)
+    assert result.exit_code == 2 and "is not a directory" in result.stderr, result.output
+
+    (tmp_path / "base").mkdir()
+    base_config = tiny_config(tmp_path / "base", train={"max_steps": 2})
+    assert invoke(runner, "pretrain", base_config, "--precision", "fp32").exit_code == 0
+    base = tmp_path / "base" / "run" / "final"
+    classifier = tmp_path / "classifier"
+    config = AutoConfig.from_pretrained(base)
+    config.num_labels = 2
+    BertForSequenceClassification(config).save_pretrained(classifier)
+    shutil.copy(base / "tokenizer.json", classifier)
+    shutil.copy(base / "tokenizer_config.json", classifier)
+    result = invoke(runner, "pretrain", tiny_config(tmp_path, model={"init_from": str(classifier)}))
+    assert result.exit_code == 2 and "is a fine-tuned classifier" in result.stderr, result.output
+
+    result = invoke(runner, "pretrain", tiny_config(tmp_path, model={"init_from": str(base)}, data={"train": [str(FIXTURES / "animals.txt")], "txt_unit": "line", "max_length": 1024}))
+    assert result.exit_code == 2 and "1024" in result.stderr, result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_reaches_bitwise_identical_weights(tmp_path, runner):
     """A run resumed from its step-4 checkpoint ends with exactly the weights of the uninterrupted run."""
     config = tiny_config(tmp_path, train={"batch_size": 16, "lr": 2.0e-3, "max_steps": 8, "save_every": 4, "keep_last": 5, "eval_every": None})

@@ -126,3 +126,37 @@ def test_average_is_the_mean_of_the_final_weights_and_the_last_checkpoints(tmp_p
     with pytest.raises(SystemExit, match="4 checkpoints before its last step; it has 3"):
         results.average(argparse.Namespace(tag="t", last=5))  # more weights than the run kept: refused
     assert not (tmp_path / "runs" / "cpu-hour+t-lawa5").exists()
+
+
+def test_adapt_continues_a_model_on_one_tasks_training_text(tmp_path, monkeypatch):
+    """results.py adapt: the model pretrained further on data/TEXT/train.jsonl alone, registered as
+    MODEL+adaptN-TEXT, with its own tokenizer kept."""
+    import argparse
+
+    from transformers import AutoTokenizer
+
+    from conftest import FIXTURES, tiny_config
+
+    base = tmp_path / "base"
+    config = tiny_config(tmp_path, output_dir=str(base), train__max_steps=4)
+    subprocess.run([sys.executable, "-m", "lmtune", "pretrain", str(config)], check=True, capture_output=True)
+    text = tmp_path / "data" / "tweets" / "train.jsonl"
+    text.parent.mkdir(parents=True)
+    lines = (FIXTURES / "animals.txt").read_text().splitlines()
+    text.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines if line.strip()))
+    monkeypatch.setattr(results, "ROOT", tmp_path)
+    monkeypatch.setattr(results, "ADAPTED", tmp_path / "adapted")
+    (tmp_path / "recipe").mkdir()
+    recipe = tiny_config(tmp_path / "recipe", model={"arch": "bert"})  # the recipe's config: its sizes are the base's
+    monkeypatch.setattr(results, "PRETRAIN_CONFIG", recipe)
+    monkeypatch.setitem(results.MODELS, "lmtune-30-run", (base / "final", "", "a base"))
+
+    results.adapt(argparse.Namespace(model="lmtune-30-run", text="tweets", minutes=1, lr=1e-3, set=["train.max_steps=3"]))
+    out = tmp_path / "adapted" / "lmtune-30-run+adapt1-tweets"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["init_from"] == str(base / "final")
+    from lmtune.config import load_config
+
+    assert load_config(out / "config.yaml").data.train == [str(text)]  # the task's text alone
+    assert AutoTokenizer.from_pretrained(out / "final").get_vocab() == AutoTokenizer.from_pretrained(base / "final").get_vocab()
+    assert results._adapted_what(out.name) == "lmtune-30-run, then 1 more minutes of pretraining on data/tweets/train.jsonl"

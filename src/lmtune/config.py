@@ -65,6 +65,12 @@ class ModelSection(_Section):
         "mini", description="pretrain: model size; explicit sizes below override it"
     )
     checkpoint: str | None = Field(None, description="finetune: a local Hugging Face checkpoint dir (or hub name)")
+    init_from: str | None = Field(
+        None,
+        description="pretrain: continue pretraining this local masked-LM checkpoint dir (BERT, RoBERTa or ModernBERT, "
+        "with its tokenizer) on data.train instead of building a new model; it brings its own architecture, sizes "
+        "and tokenizer, so model.arch and model.preset are not used",
+    )
     num_hidden_layers: int | None = Field(None, gt=0, description="transformer layers (overrides the preset)")
     hidden_size: int | None = Field(None, gt=0, description="model width (overrides the preset)")
     num_attention_heads: int | None = Field(None, gt=0, description="attention heads; must divide hidden_size")
@@ -477,11 +483,13 @@ def _cross_checks(cfg: Config, stage: Stage | None) -> list[str]:
         if m.checkpoint is not None:
             problems.append(
                 f"model.checkpoint={m.checkpoint!r} is for finetune; pretrain builds a new model from "
-                "model.arch and model.preset: remove model.checkpoint"
+                "model.arch and model.preset (or continues model.init_from): remove model.checkpoint"
             )
         sizes = resolved_model_sizes(m)
         missing = [k for k, v in sizes.items() if v is None]
-        if missing:
+        if m.init_from is not None:
+            problems.extend(_init_from_problems(cfg))
+        elif missing:
             problems.append(f"model.preset is null, so set every size explicitly: missing model.{', model.'.join(missing)}")
         elif sizes["hidden_size"] % sizes["num_attention_heads"]:
             problems.append(
@@ -495,12 +503,12 @@ def _cross_checks(cfg: Config, stage: Stage | None) -> list[str]:
                 "(a quarter of its layers is a good start)"
             )
         limit = max_sequence_length(m)
-        if d.max_length > limit:
+        if m.init_from is None and d.max_length > limit:
             problems.append(
                 f"data.max_length={d.max_length} exceeds the model's position limit of {limit}: "
                 f"lower data.max_length or raise model.max_position_embeddings"
             )
-        if cfg.tokenizer.path is None and cfg.tokenizer.vocab_size < MIN_VOCAB_SIZE:
+        if cfg.tokenizer.path is None and m.init_from is None and cfg.tokenizer.vocab_size < MIN_VOCAB_SIZE:
             problems.append(
                 f"tokenizer.vocab_size={cfg.tokenizer.vocab_size} leaves no room beyond the "
                 f"{SPECIAL_TOKEN_COUNT} special tokens and the alphabet: use at least {MIN_VOCAB_SIZE}"
@@ -519,13 +527,18 @@ def _cross_checks(cfg: Config, stage: Stage | None) -> list[str]:
         if cfg.probe is not None and t.eval_every is None:
             problems.append("the probe runs at each evaluation, but train.eval_every is null: set it to a step count")
     if stage == "finetune":
+        if m.init_from is not None:
+            problems.append(
+                f"model.init_from={m.init_from!r} continues pretraining; finetune starts from model.checkpoint: "
+                "remove model.init_from"
+            )
         if d.repeat:
             problems.append("data.repeat weights pretraining text; finetune does not use it: remove it")
         if not m.checkpoint:
             problems.append("model.checkpoint is required for finetune: a checkpoint dir, e.g. runs/mini/final")
         if m.hf_config:
             problems.append("model.hf_config shapes a new model in pretrain; finetune keeps the checkpoint's config: remove it")
-        if sizes := [k for k in PRESETS["mini"] if getattr(m, k) is not None]:
+        if sizes := explicit_sizes(m):
             problems.append(f"model.{sizes[0]} sizes a new model in pretrain; finetune keeps the checkpoint's sizes: remove it")
         if d.max_windows > 1 and d.text_pair_column:
             problems.append(
@@ -535,6 +548,24 @@ def _cross_checks(cfg: Config, stage: Stage | None) -> list[str]:
         weights = cfg.finetune.class_weights
         if isinstance(weights, list) and any(w <= 0 for w in weights):
             problems.append(f"finetune.class_weights={weights}: every weight must be positive")
+    return problems
+
+
+def _init_from_problems(cfg: Config) -> list[str]:
+    """What cannot go with continuing a checkpoint's pretraining: anything that would shape a new model."""
+    m = cfg.model
+    problems = []
+    if sizes := explicit_sizes(m):
+        problems.append(f"model.{sizes[0]} sizes a new model; model.init_from={m.init_from!r} keeps the checkpoint's sizes: remove it")
+    if m.hf_config:
+        problems.append(f"model.hf_config shapes a new model; model.init_from={m.init_from!r} keeps the checkpoint's config: remove it")
+    if cfg.tokenizer.path is not None:
+        problems.append(
+            f"tokenizer.path={cfg.tokenizer.path!r}: model.init_from={m.init_from!r} brings the tokenizer its weights "
+            "were trained with: remove tokenizer.path"
+        )
+    if cfg.mlm.objective == "electra":
+        problems.append("mlm.objective=electra trains a new generator beside a new model; model.init_from continues a masked LM: use mlm.objective=mlm")
     return problems
 
 
@@ -562,6 +593,11 @@ def resolved_model_sizes(m: ModelSection) -> dict[str, int | None]:
     """Layer count and widths: the preset, overridden by any size set explicitly."""
     base = PRESETS.get(m.preset or "", {})
     return {k: getattr(m, k) if getattr(m, k) is not None else base.get(k) for k in PRESETS["mini"]}
+
+
+def explicit_sizes(m: ModelSection) -> list[str]:
+    """The size fields set explicitly: they shape a new model, so a config that loads one cannot use them."""
+    return [k for k in [*PRESETS["mini"], "max_position_embeddings"] if getattr(m, k) is not None]
 
 
 def max_sequence_length(m: ModelSection) -> int:
@@ -632,7 +668,12 @@ def resolve_paths(cfg: Config, cwd: Path | None = None) -> Config:
     update: dict[str, Any] = {
         "data": data,
         "tokenizer": cfg.tokenizer.model_copy(update={"path": fix(cfg.tokenizer.path)}),
-        "model": cfg.model.model_copy(update={"checkpoint": fix(cfg.model.checkpoint)}),
+        "model": cfg.model.model_copy(
+            update={
+                "checkpoint": fix(cfg.model.checkpoint),
+                "init_from": None if cfg.model.init_from is None else _abs(cfg.model.init_from, cwd),  # local only
+            }
+        ),
     }
     if cfg.probe is not None:
         update["probe"] = cfg.probe.model_copy(update={"train": fix_list(cfg.probe.train), "validation": fix_list(cfg.probe.validation)})

@@ -372,6 +372,19 @@ def splits_exactly_at_whitespace(backend: Any) -> bool:
     return spec.get("type") == "ByteLevel" and not spec.get("add_prefix_space", True)
 
 
+def whole_text_encoder(tokenizer) -> Any:
+    """A copy of the tokenizer's Rust backend that never truncates or pads. A fast tokenizer keeps the
+    truncation of its last `tokenizer(..., truncation=True)` call in its backend, and saves it in
+    tokenizer.json: loaded from a checkpoint (a resumed run, model.init_from, tokenizer.path), its
+    backend would cut every document at the first max_length tokens."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
 def pack_blocks(dataset, tokenizer, block_size: int, num_proc: int | None = None, desc: str = "train") -> np.ndarray:
     """Tokenize every text and pack the token stream into blocks of `block_size` ids.
 
@@ -393,7 +406,7 @@ def pack_blocks(dataset, tokenizer, block_size: int, num_proc: int | None = None
     """
     import pyarrow as pa
 
-    backend = tokenizer.backend_tokenizer
+    backend = whole_text_encoder(tokenizer)
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     body = block_size - 1

@@ -9,9 +9,11 @@ the tokens), which skips most of the head's cost.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +42,8 @@ from lmtune.tokenization import round_up
 
 IGNORE_INDEX = -100
 
+log = logging.getLogger(__name__)
+
 
 _MASKED_LM: dict[str, type[PreTrainedModel]] = {
     "bert": BertForMaskedLM,
@@ -53,6 +57,36 @@ def build_mlm(m: ModelSection, tokenizer: PreTrainedTokenizerBase, seed: int) ->
     config = mlm_config(m, tokenizer)
     torch.manual_seed(seed)
     return _MASKED_LM[m.arch](config)
+
+
+def init_from_config(path: str) -> PretrainedConfig:
+    """The config of a `model.init_from` checkpoint, refused unless it is a masked LM lmtune can train."""
+    if not Path(path).is_dir():
+        raise ConfigError(f"model.init_from={path!r} is not a directory: give a local checkpoint dir, e.g. runs/cpu-hour/final")
+    config = checkpoint_config(path)
+    if config.model_type not in _MASKED_LM:
+        raise ConfigError(
+            f"model.init_from={path!r} is a {config.model_type} checkpoint; lmtune pretrains {', '.join(_MASKED_LM)} models"
+        )
+    if is_classifier_checkpoint(config):
+        raise ConfigError(
+            f"model.init_from={path!r} is a fine-tuned classifier: continue pretraining from the masked LM it was "
+            "fine-tuned from (a pretrain run's final/)"
+        )
+    return config
+
+
+def load_mlm(m: ModelSection) -> PreTrainedModel:
+    """The masked LM of `model.init_from`, to pretrain further: its own architecture and sizes, dropout
+    as for a new model (model.dropout, else none). A checkpoint saved without a masked-LM head (a
+    sentence-embedding model, say) gets a new one, with a warning."""
+    assert m.init_from is not None
+    config = init_from_config(m.init_from)
+    dropout = dropout_fields(config, 0.0 if m.dropout is None else m.dropout)
+    model, info = _MASKED_LM[config.model_type].from_pretrained(m.init_from, output_loading_info=True, **dropout)
+    if not has_masked_lm_head(config) or info["missing_keys"]:
+        log.warning("model.init_from=%s has no masked-LM head: a new one starts from random weights", m.init_from)
+    return model
 
 
 def mlm_config(m: ModelSection, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:

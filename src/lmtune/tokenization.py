@@ -109,21 +109,23 @@ def wrap(tok: Tokenizer, arch: str, max_length: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, **special_map)
 
 
-def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
-    """Load an existing tokenizer dir (tokenizer.path), with a clear error when it is not one."""
+def load_tokenizer(path: str, key: str = "tokenizer.path") -> PreTrainedTokenizerBase:
+    """Load an existing tokenizer dir (`key`: tokenizer.path, or the checkpoint of model.init_from), with
+    a clear error when it is not one."""
+    hint = "set it to null to train one" if key == "tokenizer.path" else "give a checkpoint dir saved with its tokenizer"
     if not Path(path).is_dir():
-        raise ConfigError(f"tokenizer.path={path!r} is not a directory: point it at a saved tokenizer, or set it to null to train one")
+        raise ConfigError(f"{key}={path!r} is not a directory: point it at a saved tokenizer, or {hint}")
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"tokenizer.path={path!r} holds no loadable tokenizer ({exc}); set it to null to train one") from None
+        raise ConfigError(f"{key}={path!r} holds no loadable tokenizer ({exc}); {hint}") from None
     missing = [name for name in ("pad_token", "mask_token", "unk_token") if getattr(tok, name) is None]
     if tok.cls_token is None and tok.bos_token is None:
         missing.append("cls_token")
     if tok.sep_token is None and tok.eos_token is None:
         missing.append("sep_token")
     if missing:
-        raise ConfigError(f"tokenizer.path={path!r}: the tokenizer lacks {', '.join(missing)}, which masked-LM pretraining needs")
+        raise ConfigError(f"{key}={path!r}: the tokenizer lacks {', '.join(missing)}, which masked-LM pretraining needs")
     return tok
 
 

@@ -1,4 +1,5 @@
-"""`lmtune pretrain`: train a tokenizer and a masked language model from scratch.
+"""`lmtune pretrain`: train a tokenizer and a masked language model from scratch (or pretrain a
+masked LM further: model.init_from).
 
 Reads top to bottom: resolve the device, load and split the text, train (or load) the tokenizer,
 build the model, pack the text into blocks, create the run dir, train, save. Everything that can
@@ -26,7 +27,7 @@ from lmtune import data, distributed, engine, runs
 from lmtune.electra import ElectraPretrainer, build_electra, electra_loss, evaluate_electra
 from lmtune.config import Config
 from lmtune.errors import DataError
-from lmtune.modeling import use_attention, build_mlm, check_compatible, evaluate_mlm, mlm_loss
+from lmtune.modeling import use_attention, build_mlm, check_compatible, evaluate_mlm, init_from_config, load_mlm, mlm_loss
 from lmtune.probe import build_probe, probe_scores
 from lmtune.tokenization import load_tokenizer, train_tokenizer
 from lmtune.stages.common import open_run, place_run, run_training
@@ -58,8 +59,8 @@ def load_corpus(cfg: Config) -> tuple[Any, Any, list[Path]]:
 
 
 def build_tokenizer(cfg: Config, train_ds: Any, resume_from: Path | None = None) -> Any:
-    """The checkpoint's own tokenizer when resuming; else tokenizer.path, or one trained on the training
-    split only (never on validation text).
+    """The checkpoint's own tokenizer when resuming; else model.init_from's, tokenizer.path's, or one
+    trained on the training split only (never on validation text).
 
     A trained tokenizer is cached under the datasets cache, keyed by the training data's fingerprint
     and the tokenizer settings: training is not bit-for-bit deterministic, and reusing the same
@@ -76,6 +77,10 @@ def build_tokenizer(cfg: Config, train_ds: Any, resume_from: Path | None = None)
             "tokenizer: %s holds none (an older lmtune wrote it), so it is rebuilt from the data: resume with "
             "the data.cache_dir the run started with, or the token ids may not match the weights", resume_from,
         )
+    if cfg.model.init_from:
+        tokenizer = load_tokenizer(cfg.model.init_from, key="model.init_from")
+        log.info("tokenizer: model.init_from's own (%d tokens)", len(tokenizer))
+        return tokenizer
     if t.path:
         tokenizer = load_tokenizer(t.path)
         log.info("tokenizer: loaded from %s (%d tokens)", t.path, len(tokenizer))
@@ -136,6 +141,8 @@ def pretrain(
     """
     placement, out, resume_from = place_run(cfg, resume, overwrite, force)
     electra = cfg.mlm.objective == "electra"
+    if cfg.model.init_from:
+        init_from_config(cfg.model.init_from)  # a wrong checkpoint fails before the corpus loads
 
     clock = runs.PhaseClock()
     with distributed.main_first():  # the other processes reuse rank 0's tokenizer and caches
@@ -148,9 +155,10 @@ def pretrain(
             check_compatible(model, tokenizer, cfg.data.max_length)
             log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device, placement.precision))
         n_params = sum(p.numel() for p in model.base_model.parameters())
+        arch = model.config.model_type  # ELECTRA's pretrainer answers with its discriminator's
         log.info(
-            "model: %s, %d layers x %d wide, vocab %d, %.2fM parameters%s",
-            cfg.model.arch, model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size, n_params / 1e6,
+            "model: %s%s, %d layers x %d wide, vocab %d, %.2fM parameters%s",
+            arch, f" from {cfg.model.init_from}" if cfg.model.init_from else "", model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size, n_params / 1e6,
             f" (ELECTRA: a {cfg.mlm.generator_layers}-layer generator trains beside it)" if electra else "",
         )
         with clock.phase("pack_s"):
@@ -175,7 +183,7 @@ def pretrain(
             "validation_blocks": len(val_blocks),
             "block_size": cfg.data.max_length,
         },
-        model={"arch": cfg.model.arch, "parameters": n_params, "vocab_size": model.config.vocab_size},
+        model={"arch": arch, "parameters": n_params, "vocab_size": model.config.vocab_size, "init_from": cfg.model.init_from},
         tokenizer_size=len(tokenizer),
     )
 
@@ -215,7 +223,10 @@ def pretrain(
 
 
 def build_model(cfg: Config, tokenizer: Any) -> torch.nn.Module:
-    """The masked LM to pretrain, or for `mlm.objective: electra` the encoder with its generator."""
+    """The masked LM to pretrain (new, or model.init_from's to pretrain further), or for
+    `mlm.objective: electra` the encoder with its generator."""
+    if cfg.model.init_from:
+        return load_mlm(cfg.model)
     if cfg.mlm.objective == "electra":
         return build_electra(cfg.model, tokenizer, cfg.seed, cfg.mlm.generator_layers, cfg.mlm.discriminator_weight)
     return build_mlm(cfg.model, tokenizer, cfg.seed)
