@@ -231,6 +231,31 @@ def test_resume_uses_the_checkpoints_tokenizer_not_the_cache(tmp_path, runner):
     assert "holds none" in " ".join(result.output.split()), result.output
 
 
+def test_resume_with_a_probe_packs_whole_documents_and_ends_bitwise_equal(tmp_path, runner):
+    """The probe's truncating calls leave their truncation in the tokenizer a checkpoint saves; a resumed
+    run that tokenizes the text again (here with another data.cache_dir, as after the cache was cleared)
+    must still pack each document whole (the chapter's paragraphs run past max_length), or it trains on
+    other blocks."""
+    reviews = FIXTURES / "reviews"
+    config = tiny_config(
+        tmp_path,
+        data={"train": [str(FIXTURES / "corpus" / "chapter-001.txt")], "txt_unit": "paragraph", "max_length": 16},
+        train={"batch_size": 4, "lr": 2.0e-3, "max_steps": 8, "eval_every": 2, "save_every": 4, "keep_last": 5, "log_every": 1},
+        probe={"train": str(reviews / "train.jsonl"), "validation": str(reviews / "validation.jsonl")},
+    )
+    first = ["--precision", "fp32", "--set", f"data.cache_dir={tmp_path / 'cache-a'}"]
+    assert invoke(runner, "pretrain", config, *first).exit_code == 0
+    run = tmp_path / "run"
+    full = load_file(run / "final" / "model.safetensors")
+    saved = json.loads((run / "checkpoints" / "step-4" / "tokenizer.json").read_text())
+    assert saved["truncation"] is not None  # what the resumed run's tokenizer carries
+
+    simulate_crash(run, last_saved=4)
+    result = invoke(runner, "pretrain", config, "--precision", "fp32", "--resume", "--set", f"data.cache_dir={tmp_path / 'cache-b'}")
+    assert result.exit_code == 0, result.output
+    assert_same_weights(full, load_file(run / "final" / "model.safetensors"))
+
+
 def test_resume_in_bf16_gives_the_same_loss_curve(tmp_path, runner):
     """In bf16 autocast the resumed run logs the loss curve of the uninterrupted one."""
     config = tiny_config(tmp_path, train={"batch_size": 16, "lr": 2.0e-3, "max_steps": 8, "save_every": 4, "keep_last": 5, "eval_every": None, "log_every": 1})
