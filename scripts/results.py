@@ -20,7 +20,8 @@ typed in by hand. Steps, in the order they depend on each other:
     python scripts/results.py adapt --model lmtune-30-run --text tweets --minutes 5
                                                      # that model pretrained 5 more minutes on
                                                      # data/tweets/train.jsonl alone (model.init_from):
-                                                     # model lmtune-30-run+adapt5-tweets
+                                                     # model lmtune-30-run+adapt5-tweets (--text recipe:
+                                                     # the recipe's own data, the control)
     python scripts/results.py snapshots              # the 60-minute run's checkpoints nearest 15 and
                                                      # 30 minutes, as loadable model dirs
     python scripts/results.py finetune --tasks tweets --models random lmtune-60 --seeds 0 1 2
@@ -83,7 +84,8 @@ def adapted(model: str, text: str, minutes: int) -> Path:
 def _adapted_what(name: str) -> str:
     base, _, rest = name.rpartition("+adapt")
     minutes, _, text = rest.partition("-")
-    return f"{base}, then {minutes} more minutes of pretraining on data/{text}/train.jsonl"
+    source = "the recipe's own data" if text == "recipe" else f"data/{text}/train.jsonl"
+    return f"{base}, then {minutes} more minutes of pretraining on {source}"
 
 
 # model name -> (checkpoint dir, task config suffix, what the row says)
@@ -146,12 +148,13 @@ def adapt(args: argparse.Namespace) -> None:
     base = MODELS[args.model][0]
     if not base.is_dir():
         sys.exit(f"error: {base} is missing: pretrain {args.model} first")
-    text = ROOT / "data" / args.text / "train.jsonl"
+    # "recipe": the recipe's own corpus and task texts, the control for a task's text alone
+    text = [] if args.text == "recipe" else [f"data.train=[{ROOT / 'data' / args.text / 'train.jsonl'}]"]
     out = adapted(args.model, args.text, args.minutes)
     if not (out / "final").is_dir():
         lmtune(
             "pretrain", PRETRAIN_CONFIG, "--output-dir", out, "--overwrite",
-            *sets([f"model.init_from={base}", f"data.train=[{text}]", f"train.max_minutes={args.minutes}", f"train.lr={args.lr}", *(args.set or [])]),
+            *sets([f"model.init_from={base}", *text, f"train.max_minutes={args.minutes}", f"train.lr={args.lr}", *(args.set or [])]),
         )
         (out / "protocol.json").write_text(json.dumps({"config": str(PRETRAIN_CONFIG.relative_to(ROOT)), "init_from": args.model, "text": args.text, "minutes": args.minutes, "lr": args.lr, "set": args.set}) + "\n")
 
@@ -380,7 +383,10 @@ def main() -> None:
     av.add_argument("--last", type=int, default=4, help="how many weights to average, the final ones included")
     ad = sub.add_parser("adapt", help="a model pretrained further on one task's training text: model MODEL+adaptN-TEXT")
     ad.add_argument("--model", required=True, choices=[m for m in MODELS if m.startswith("lmtune")], help="the model to continue")
-    ad.add_argument("--text", required=True, choices=[t for t in TASKS if t != "tweets-2k"], help="data/TEXT/train.jsonl (tweets-2k's labels are a subset of tweets)")
+    ad.add_argument(
+        "--text", required=True, choices=[*(t for t in TASKS if t != "tweets-2k"), "recipe"],
+        help="data/TEXT/train.jsonl (tweets-2k's labels are a subset of tweets), or the recipe's own data.train",
+    )
     ad.add_argument("--minutes", type=int, default=5, help="the budget of the extra pretraining")
     ad.add_argument("--lr", type=float, default=3e-4, help="its peak learning rate (the recipe's is 1e-3)")
     ad.add_argument("--set", action="append", help="extra --set for the run")

@@ -160,3 +160,4 @@ def test_adapt_continues_a_model_on_one_tasks_training_text(tmp_path, monkeypatc
     assert load_config(out / "config.yaml").data.train == [str(text)]  # the task's text alone
     assert AutoTokenizer.from_pretrained(out / "final").get_vocab() == AutoTokenizer.from_pretrained(base / "final").get_vocab()
     assert results._adapted_what(out.name) == "lmtune-30-run, then 1 more minutes of pretraining on data/tweets/train.jsonl"
+    assert results._adapted_what("lmtune-30-run+adapt5-recipe") == "lmtune-30-run, then 5 more minutes of pretraining on the recipe's own data"
