@@ -297,7 +297,9 @@ def _model_row(task: str, variant: str, what: str) -> dict | None:
         "seeds": [int(p.parent.parent.name.removeprefix("seed-")) for p in runs],
         "accuracy": [m["accuracy"] for m in metrics], "f1_macro": [m["f1_macro"] for m in metrics],
         "steps": max((r["step"] for r in train), default=None),
-        "minutes": statistics.mean(_wall_s(p.parent.parent) for p in runs) / 60,
+        # a run stopped between its evaluation and its timing has no wall_s.json: its minutes are unknown
+        "minutes": None if not (walls := [_wall_s(p.parent.parent) for p in runs if (p.parent.parent / "wall_s.json").is_file()])
+        else statistics.mean(walls) / 60,
         "validation_f1_macro": None if None in best_val else statistics.mean(best_val),
     }
 
