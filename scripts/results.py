@@ -290,6 +290,7 @@ def _model_row(task: str, variant: str, what: str) -> dict | None:
     records = [read_metrics(p.parent.parent / "metrics.jsonl") for p in runs]
     train = [r for seed in records for r in seed if r["type"] == "train"]
     # each seed's best validation macro-F1 (what picked its best/ checkpoint), averaged over seeds
+    walls = [w for p in runs if (w := _wall_s(p.parent.parent)) is not None]
     best_val = [max((r["eval_f1_macro"] for r in seed if r["type"] == "eval" and "eval_f1_macro" in r), default=None)
                 for seed in records]
     return {
@@ -297,15 +298,15 @@ def _model_row(task: str, variant: str, what: str) -> dict | None:
         "seeds": [int(p.parent.parent.name.removeprefix("seed-")) for p in runs],
         "accuracy": [m["accuracy"] for m in metrics], "f1_macro": [m["f1_macro"] for m in metrics],
         "steps": max((r["step"] for r in train), default=None),
-        # a run stopped between its evaluation and its timing has no wall_s.json: its minutes are unknown
-        "minutes": None if not (walls := [_wall_s(p.parent.parent) for p in runs if (p.parent.parent / "wall_s.json").is_file()])
-        else statistics.mean(walls) / 60,
+        "minutes": statistics.mean(walls) / 60 if walls else None,
         "validation_f1_macro": None if None in best_val else statistics.mean(best_val),
     }
 
 
-def _wall_s(run: Path) -> float:
-    return json.loads((run / "wall_s.json").read_text())["finetune_and_eval_s"]
+def _wall_s(run: Path) -> float | None:
+    """A run's fine-tuning and evaluation seconds; None for one stopped between its evaluation and its timing."""
+    path = run / "wall_s.json"
+    return json.loads(path.read_text())["finetune_and_eval_s"] if path.is_file() else None
 
 
 def _fmt(values: list[float]) -> str:

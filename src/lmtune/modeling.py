@@ -76,12 +76,10 @@ def init_from_config(path: str) -> PretrainedConfig:
     return config
 
 
-def load_mlm(m: ModelSection) -> PreTrainedModel:
-    """The masked LM of `model.init_from`, to pretrain further: its own architecture and sizes, dropout
-    as for a new model (model.dropout, else none). A checkpoint saved without a masked-LM head (a
-    sentence-embedding model, say) gets a new one, with a warning."""
-    assert m.init_from is not None
-    config = init_from_config(m.init_from)
+def load_mlm(m: ModelSection, config: PretrainedConfig) -> PreTrainedModel:
+    """The masked LM of `model.init_from` (`config`: its `init_from_config`), to pretrain further: its
+    own architecture and sizes, dropout as for a new model (model.dropout, else none). A checkpoint
+    saved without a masked-LM head (a sentence-embedding model, say) gets a new one, with a warning."""
     dropout = dropout_fields(config, 0.0 if m.dropout is None else m.dropout)
     model, info = _MASKED_LM[config.model_type].from_pretrained(m.init_from, output_loading_info=True, **dropout)
     if not has_masked_lm_head(config) or info["missing_keys"]:

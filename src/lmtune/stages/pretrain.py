@@ -141,8 +141,8 @@ def pretrain(
     """
     placement, out, resume_from = place_run(cfg, resume, overwrite, force)
     electra = cfg.mlm.objective == "electra"
-    if cfg.model.init_from:
-        init_from_config(cfg.model.init_from)  # a wrong checkpoint fails before the corpus loads
+    # read (and a wrong checkpoint refused) before the corpus loads
+    init_config = init_from_config(cfg.model.init_from) if cfg.model.init_from else None
 
     clock = runs.PhaseClock()
     with distributed.main_first():  # the other processes reuse rank 0's tokenizer and caches
@@ -151,7 +151,7 @@ def pretrain(
         with clock.phase("tokenizer_s"):
             tokenizer = build_tokenizer(cfg, train_ds, resume_from)
         with clock.phase("model_s"):
-            model = build_model(cfg, tokenizer)
+            model = build_model(cfg, tokenizer, init_config)
             check_compatible(model, tokenizer, cfg.data.max_length)
             log.info("attention: %s", use_attention(model, cfg.model.attention, placement.device, placement.precision))
         n_params = sum(p.numel() for p in model.base_model.parameters())
@@ -222,11 +222,11 @@ def pretrain(
     return PretrainResult(run_dir=run_dir, steps=result.steps, seconds=result.seconds, metrics=result.last_eval)
 
 
-def build_model(cfg: Config, tokenizer: Any) -> torch.nn.Module:
-    """The masked LM to pretrain (new, or model.init_from's to pretrain further), or for
-    `mlm.objective: electra` the encoder with its generator."""
-    if cfg.model.init_from:
-        return load_mlm(cfg.model)
+def build_model(cfg: Config, tokenizer: Any, init_config: Any = None) -> torch.nn.Module:
+    """The masked LM to pretrain (new, or model.init_from's, whose config is `init_config`, to pretrain
+    further), or for `mlm.objective: electra` the encoder with its generator."""
+    if init_config is not None:
+        return load_mlm(cfg.model, init_config)
     if cfg.mlm.objective == "electra":
         return build_electra(cfg.model, tokenizer, cfg.seed, cfg.mlm.generator_layers, cfg.mlm.discriminator_weight)
     return build_mlm(cfg.model, tokenizer, cfg.seed)
