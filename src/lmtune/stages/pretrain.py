@@ -22,6 +22,7 @@ import datasets
 import numpy as np
 import tokenizers
 import torch
+from transformers import PretrainedConfig
 
 from lmtune import data, distributed, engine, runs
 from lmtune.electra import ElectraPretrainer, build_electra, electra_loss, evaluate_electra
@@ -222,7 +223,7 @@ def pretrain(
     return PretrainResult(run_dir=run_dir, steps=result.steps, seconds=result.seconds, metrics=result.last_eval)
 
 
-def build_model(cfg: Config, tokenizer: Any, init_config: Any = None) -> torch.nn.Module:
+def build_model(cfg: Config, tokenizer: Any, init_config: PretrainedConfig | None) -> torch.nn.Module:
     """The masked LM to pretrain (new, or model.init_from's, whose config is `init_config`, to pretrain
     further), or for `mlm.objective: electra` the encoder with its generator."""
     if init_config is not None:
