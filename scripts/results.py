@@ -134,12 +134,13 @@ def pretrain(args: argparse.Namespace) -> None:
             lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", out, "--overwrite", *sets([f"train.max_minutes={args.minutes}", *(args.set or [])]))
             if args.tag:
                 (out / "protocol.json").write_text(json.dumps({"config": str(PRETRAIN_CONFIG.relative_to(ROOT)), "set": args.set}) + "\n")
-        if args.tag and (model_sets := [s for s in args.set if s.startswith(("model.", "tokenizer."))]):
-            random_init(RESULTS / f"random-init+{args.tag}", model_sets)  # another architecture or vocabulary: its own baseline
-        return
-    if not (PRETRAINED / "final").is_dir():
+    elif not (PRETRAINED / "final").is_dir():
         lmtune("pretrain", PRETRAIN_CONFIG, "--output-dir", PRETRAINED, "--overwrite")
-    random_init(RESULTS / "random-init", [])
+    # the no-pretraining baseline: another architecture or vocabulary gets its own, any other run the recipe's
+    if model_sets := [s for s in args.set or [] if s.startswith(("model.", "tokenizer."))]:
+        random_init(RESULTS / f"random-init+{args.tag}", model_sets)
+    else:
+        random_init(RESULTS / "random-init", [])
 
 
 def adapt(args: argparse.Namespace) -> None:
@@ -377,7 +378,7 @@ def paired(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    pt = sub.add_parser("pretrain", help="the 60-minute pretraining run and the random-initialisation model")
+    pt = sub.add_parser("pretrain", help="a pretraining run (the 60-minute one, a shorter one or a variant) and the random-initialisation model it is compared with")
     pt.add_argument("--minutes", type=int, default=60, choices=(*SNAPSHOT_MINUTES, 60), help="15 or 30: a run of its own in runs/cpu-Nmin (model lmtune-N-run)")
     pt.add_argument("--tag", help="a variant of the recipe (with its --set): runs/cpu-hour+TAG, model lmtune-60+TAG (or lmtune-N-run+TAG)")
     pt.add_argument("--set", action="append", help="the variant's --set, e.g. mlm.probability=0.3")
