@@ -279,7 +279,7 @@ def predict(
         str,
         typer.Option(
             "--precision",
-            help="auto (bf16 autocast where the CPU or GPU computes bf16 natively, else fp32) | fp32 | bf16 | "
+            help="auto (bf16 autocast where the CPU or GPU computes bf16 natively, fp16 on a GPU without bf16, else fp32) | fp32 | bf16 | "
             "fp16 (autocast) | int8 (CPU: int8 weights in the encoder's linear layers). Anything but fp32 is "
             "faster, and a close call can come out the other way; see docs/PERFORMANCE.md.",
         ),
