@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +16,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="lmtune-test-datasets-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A script that starts the suite in the background (`pytest &`) hands it an ignored SIGINT, and
+# lmtune, like any program, leaves an ignored SIGINT ignored: give the Ctrl-C tests (and the
+# processes they start) Python's usual SIGINT again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 import yaml  # noqa: E402
