@@ -26,6 +26,10 @@ typed in by hand. Steps, in the order they depend on each other:
                                                      # 30 minutes, as loadable model dirs
     python scripts/results.py finetune --tasks tweets --models random lmtune-60 --seeds 0 1 2
     python scripts/results.py table                  # prints the Markdown table (--json FILE too)
+    python scripts/results.py summary --budget 30=lmtune-30-run,lmtune-30-run+seed1 --budget 60=lmtune-60
+                                                     # the goal's table: per task and budget, every run
+                                                     # fine-tuned with the shipped task config, pooled
+                                                     # over the budget's pretraining runs
     python scripts/results.py paired --tasks spam --models lmtune-60
                                                      # each seed against TF-IDF on the same test texts:
                                                      # how many each gets right that the other misses,
@@ -51,6 +55,7 @@ from pathlib import Path
 
 from scipy.stats import binomtest
 
+from lmtune.config import flat_keys, load_config
 from lmtune.runs import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +64,7 @@ PRETRAIN_CONFIG = ROOT / "configs" / "pretrain" / "cpu-hour.yaml"
 PRETRAINED = ROOT / "runs" / "cpu-hour"
 TASKS = ("tweets", "tweets-2k", "bbc-news", "spam")
 SNAPSHOT_MINUTES = (15, 30)
+BASELINES = ROOT / "runs" / "baselines.json"  # scripts/baseline.py --json
 BASELINE_PREDICTIONS = ROOT / "runs" / "baseline-predictions"  # scripts/baseline.py --predictions
 
 
@@ -260,10 +266,14 @@ def finetune(args: argparse.Namespace) -> None:
                 (out / "wall_s.json").write_text(json.dumps({"finetune_and_eval_s": time.perf_counter() - start}) + "\n")
 
 
+def _baselines() -> dict[str, dict]:
+    """scripts/baseline.py's TF-IDF result for each task it was run on."""
+    return {b["task"]: b for b in json.loads(BASELINES.read_text())} if BASELINES.is_file() else {}
+
+
 def collect() -> list[dict]:
     rows = []
-    baselines = ROOT / "runs" / "baselines.json"
-    tfidf = {b["task"]: b for b in json.loads(baselines.read_text())} if baselines.is_file() else {}
+    tfidf = _baselines()
     for task in TASKS:
         if task in tfidf:
             b = tfidf[task]
@@ -330,6 +340,85 @@ def table(args: argparse.Namespace) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     print("\n(mean ± sample standard deviation over the listed fine-tuning seeds)")
+
+
+# what a run's config may differ in from the shipped task config and still count as fine-tuned with it
+RUN_KEYS = {"output_dir", "seed", "model.checkpoint"}
+
+
+def config_diff(run: Path, task: str) -> list[str]:
+    """The keys where a fine-tuning run's resolved config differs from configs/finetune/TASK.yaml's, as
+    `key=value` of the run, leaving out what names the run (output_dir, seed, model.checkpoint)."""
+    shipped = flat_keys(load_config(ROOT / "configs" / "finetune" / f"{task}.yaml", cwd=ROOT).model_dump(mode="json"))
+    ran = flat_keys(load_config(run / "config.yaml", cwd=ROOT).model_dump(mode="json"))
+    keys = sorted((shipped.keys() | ran.keys()) - RUN_KEYS)
+    return [f"{k}={ran.get(k)}" for k in keys if shipped.get(k) != ran.get(k)]
+
+
+def _pooled_runs(task: str, models: list[str]) -> tuple[list[dict], list[str]]:
+    """Every finished seed of MODEL and MODEL@TAG, for each of `models`, whose config is the shipped one;
+    and the models that have none."""
+    runs, missing = [], []
+    for model in models:
+        found = []
+        for variant in [RESULTS / task / model, *sorted((RESULTS / task).glob(f"{model}@*"))]:
+            for metrics in sorted(variant.glob("seed-*/eval-test/metrics.json")):
+                run = metrics.parent.parent
+                if not config_diff(run, task):
+                    found.append({"run": run, **json.loads(metrics.read_text())})
+        runs += found
+        missing += [] if found else [model]
+    return runs, missing
+
+
+def _cell(runs: list[dict]) -> str:
+    if not runs:
+        return ""
+    return f"{_fmt([r['accuracy'] for r in runs])} / {_fmt([r['f1_macro'] for r in runs])}"
+
+
+def summary(args: argparse.Namespace) -> None:
+    """The goal's table: each task x {TF-IDF, no pretraining, each budget}, from the runs fine-tuned with
+    the task's shipped config, pooled over the pretraining runs of each budget."""
+    budgets = []
+    for spec in args.budget:
+        label, _, models = spec.partition("=")
+        names = [m for m in models.split(",") if m]
+        if not label or not names:
+            sys.exit(f"error: --budget {spec!r}: give it as LABEL=MODEL[,MODEL...], e.g. 60=lmtune-60,lmtune-60+seed1")
+        budgets.append((label, names))
+    tfidf = _baselines()
+    print("| task | TF-IDF | no pretraining | " + " | ".join(f"lmtune {label}" for label, _ in budgets) + " |")
+    print("| --- | ---: | ---: | " + " | ".join("---:" for _ in budgets) + " |")
+    notes = []
+    for task in args.tasks:
+        b = tfidf.get(task)
+        cells = [f"{b['test_accuracy']:.4f} / {b['test_f1_macro']:.4f}" if b else ""]
+        # no pretraining: the shipped config, or the variant of it that scores best, whichever is higher
+        options = []
+        for variant in [RESULTS / task / "random", *sorted((RESULTS / task).glob("random@*"))]:
+            finished = sorted(variant.glob("seed-*/eval-test/metrics.json"))
+            if finished:
+                metrics = [json.loads(m.read_text()) for m in finished]
+                options.append((statistics.mean(m["accuracy"] for m in metrics), metrics, config_diff(finished[0].parent.parent, task)))
+        if options:
+            _, metrics, diff = max(options, key=lambda o: o[0])
+            cells.append(_cell(metrics))
+            if diff:
+                notes.append(f"{task}, no pretraining: its best setting, {', '.join(diff)} ({len(options)} measured)")
+        else:
+            cells.append("")
+        for label, models in budgets:
+            runs, missing = _pooled_runs(task, models)
+            pretrained = len(models) - len(missing)
+            cells.append(_cell(runs) + (f" ({len(runs)} runs, {pretrained} pretrainings)" if pretrained > 1 else ""))
+            if missing:
+                notes.append(f"{task}, {label}: no run with the shipped config for {', '.join(missing)}")
+        print(f"| {task} | " + " | ".join(cells) + " |")
+    print("\n(test accuracy / macro-F1: mean ± sample standard deviation over every fine-tuning seed of every "
+          "pretraining run listed for the budget, fine-tuned with configs/finetune/TASK.yaml as shipped)")
+    for note in notes:
+        print(f"- {note}")
 
 
 def mcnemar_exact(only_first: int, only_second: int) -> float:
@@ -403,11 +492,17 @@ def main() -> None:
     ft.add_argument("--tag", help="a variant of the protocol (with its --set): runs go to MODEL@TAG, a row of its own")
     tb = sub.add_parser("table", help="print the Markdown table of every finished run")
     tb.add_argument("--json", help="also write the rows as JSON here")
+    sm = sub.add_parser("summary", help="the goal's table: the shipped task configs, pooled over each budget's pretraining runs")
+    sm.add_argument("--tasks", nargs="+", default=["tweets-2k", "bbc-news", "spam", "tweets"], choices=TASKS)
+    sm.add_argument(
+        "--budget", action="append", required=True, metavar="LABEL=MODEL[,MODEL...]",
+        help="a column: the models pretrained for that budget, e.g. --budget '60 min=lmtune-60,lmtune-60+seed1'",
+    )
     pd = sub.add_parser("paired", help="each seed against TF-IDF on the same test texts, with the exact McNemar p-value")
     pd.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     pd.add_argument("--models", nargs="+", required=True, help="runs under runs/results/TASK/: MODEL or MODEL@TAG")
     args = parser.parse_args()
-    {"pretrain": pretrain, "adapt": adapt, "average": average, "snapshots": snapshots, "finetune": finetune, "table": table, "paired": paired}[args.command](args)
+    {"pretrain": pretrain, "adapt": adapt, "average": average, "snapshots": snapshots, "finetune": finetune, "table": table, "summary": summary, "paired": paired}[args.command](args)
 
 
 if __name__ == "__main__":

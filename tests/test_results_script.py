@@ -161,3 +161,45 @@ def test_adapt_continues_a_model_on_one_tasks_training_text(tmp_path, monkeypatc
     assert AutoTokenizer.from_pretrained(out / "final").get_vocab() == AutoTokenizer.from_pretrained(base / "final").get_vocab()
     assert results._adapted_what(out.name) == "lmtune-30-run, then 1 more minutes of pretraining on data/tweets/train.jsonl"
     assert results._adapted_what("lmtune-30-run+adapt5-recipe") == "lmtune-30-run, then 5 more minutes of pretraining on the recipe's own data"
+
+
+def _finetuned(results_root: Path, variant: str, seed: int, accuracy: float, overrides: tuple[str, ...] = ()) -> None:
+    """A finished fine-tuning run of spam under results_root/spam/VARIANT/seed-N: the config it would have
+    written (the shipped configs/finetune/spam.yaml with `overrides`) and its test metrics."""
+    from lmtune.config import load_config, to_yaml
+
+    run = results_root / "spam" / variant / f"seed-{seed}"
+    (run / "eval-test").mkdir(parents=True)
+    cfg = load_config(
+        REPO / "configs" / "finetune" / "spam.yaml", [f"model.checkpoint=/models/{variant.partition('@')[0]}", *overrides],
+        cwd=REPO, values={"output_dir": str(run), "seed": seed},
+    )
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    (run / "eval-test" / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "f1_macro": accuracy - 0.01}))
+
+
+def test_summary_pools_the_shipped_configs_runs_of_each_budget(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "results"
+    _finetuned(root, "a", 0, 0.90)
+    _finetuned(root, "a", 1, 0.92)
+    _finetuned(root, "b@again", 0, 0.94)  # a tagged run with the shipped config still counts
+    _finetuned(root, "b@lr", 0, 0.50, ("train.lr=1.0e-3",))  # another config does not
+    _finetuned(root, "c@lr", 0, 0.99, ("train.lr=1.0e-3",))  # nor does a model with no shipped-config run
+    _finetuned(root, "random", 0, 0.80)
+    _finetuned(root, "random@more", 0, 0.85, ("train.epochs=5",))  # the better no-pretraining setting is shown
+    baselines = tmp_path / "baselines.json"
+    baselines.write_text(json.dumps([{"task": "spam", "test_accuracy": 0.95, "test_f1_macro": 0.94}]))
+    monkeypatch.setattr(results, "RESULTS", root)
+    monkeypatch.setattr(results, "BASELINES", baselines)
+    results.summary(type("Args", (), {"tasks": ["spam"], "budget": ["15 min=a,b", "30 min=c"]})())
+    out = capsys.readouterr().out
+    assert "| task | TF-IDF | no pretraining | lmtune 15 min | lmtune 30 min |" in out
+    row = next(line for line in out.splitlines() if line.startswith("| spam"))
+    assert row == "| spam | 0.9500 / 0.9400 | 0.8500 / 0.8400 | 0.9200 ± 0.0200 / 0.9100 ± 0.0200 (3 runs, 2 pretrainings) |  |"
+    assert "spam, no pretraining: its best setting, train.epochs=5.0 (2 measured)" in out
+    assert "spam, 30 min: no run with the shipped config for c" in out
+
+
+def test_summary_refuses_a_budget_without_models():
+    with pytest.raises(SystemExit, match="LABEL=MODEL"):
+        results.summary(type("Args", (), {"tasks": ["spam"], "budget": ["60"]})())

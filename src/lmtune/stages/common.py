@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from lmtune import devices, distributed, engine, runs
-from lmtune.config import Config, to_yaml
+from lmtune.config import Config, flat_keys, to_yaml
 from lmtune.devices import Placement
 from lmtune.errors import ConfigError, RunDirError
 from lmtune.ui import TrainingDisplay
@@ -25,16 +25,6 @@ RESUMABLE_CHANGES = {
     "train.max_steps", "train.max_minutes", "train.epochs", "train.log_every", "train.eval_every",
     "train.save_every", "train.keep_last", "train.num_threads", "train.compile", "data.num_proc", "data.cache_dir",
 }
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def config_drift(cfg: Config, run_dir: Path) -> list[str]:
@@ -54,8 +44,8 @@ def config_drift(cfg: Config, run_dir: Path) -> list[str]:
         saved = validate(saved).model_dump(mode="json")
     except ConfigError:  # a key lmtune no longer has: compare as written, so the change is listed
         pass
-    old = _flatten(saved)
-    new = _flatten(cfg.model_dump(mode="json"))
+    old = flat_keys(saved)
+    new = flat_keys(cfg.model_dump(mode="json"))
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(set(old) | set(new))
