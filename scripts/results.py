@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import shutil
 import statistics
@@ -346,13 +347,24 @@ def table(args: argparse.Namespace) -> None:
 RUN_KEYS = {"output_dir", "seed", "model.checkpoint"}
 
 
+@functools.cache
+def _shipped(task: str) -> dict:
+    """configs/finetune/TASK.yaml resolved, as flat keys (read once per task)."""
+    return flat_keys(load_config(ROOT / "configs" / "finetune" / f"{task}.yaml", cwd=ROOT).model_dump(mode="json"))
+
+
 def config_diff(run: Path, task: str) -> list[str]:
     """The keys where a fine-tuning run's resolved config differs from configs/finetune/TASK.yaml's, as
     `key=value` of the run, leaving out what names the run (output_dir, seed, model.checkpoint)."""
-    shipped = flat_keys(load_config(ROOT / "configs" / "finetune" / f"{task}.yaml", cwd=ROOT).model_dump(mode="json"))
+    shipped = _shipped(task)
     ran = flat_keys(load_config(run / "config.yaml", cwd=ROOT).model_dump(mode="json"))
     keys = sorted((shipped.keys() | ran.keys()) - RUN_KEYS)
     return [f"{k}={ran.get(k)}" for k in keys if shipped.get(k) != ran.get(k)]
+
+
+def _variants(task: str, model: str) -> list[Path]:
+    """RESULTS/task/MODEL and every RESULTS/task/MODEL@TAG."""
+    return [RESULTS / task / model, *sorted((RESULTS / task).glob(f"{model}@*"))]
 
 
 def _pooled_runs(task: str, models: list[str]) -> tuple[list[dict], list[str]]:
@@ -361,7 +373,7 @@ def _pooled_runs(task: str, models: list[str]) -> tuple[list[dict], list[str]]:
     runs, missing = [], []
     for model in models:
         found = []
-        for variant in [RESULTS / task / model, *sorted((RESULTS / task).glob(f"{model}@*"))]:
+        for variant in _variants(task, model):
             for metrics in sorted(variant.glob("seed-*/eval-test/metrics.json")):
                 run = metrics.parent.parent
                 if not config_diff(run, task):
@@ -396,7 +408,7 @@ def summary(args: argparse.Namespace) -> None:
         cells = [f"{b['test_accuracy']:.4f} / {b['test_f1_macro']:.4f}" if b else ""]
         # no pretraining: the shipped config, or the variant of it that scores best, whichever is higher
         options = []
-        for variant in [RESULTS / task / "random", *sorted((RESULTS / task).glob("random@*"))]:
+        for variant in _variants(task, "random"):
             finished = sorted(variant.glob("seed-*/eval-test/metrics.json"))
             if finished:
                 metrics = [json.loads(m.read_text()) for m in finished]
